@@ -1,0 +1,32 @@
+# `make test` creates its own environment from the project's files, installs everything and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+VENV4 ?= .venv-transformers4
+
+.PHONY: test test-transformers4 lint demo clean
+
+$(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r requirements/test.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-transformers4.txt
+	$(PYTHON) -m venv $(VENV4)
+	$(VENV4)/bin/python -m pip install -q -r requirements/test-transformers4.txt
+	$(VENV4)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+test-transformers4: $(VENV4)/.installed
+	$(VENV4)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check steerable tests benchmarks
+	$(VENV)/bin/ruff format --check steerable tests benchmarks
+	$(VENV)/bin/mypy steerable
+
+clean:
+	rm -rf $(VENV) $(VENV4) .pytest_cache .mypy_cache .ruff_cache

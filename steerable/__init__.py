@@ -1,0 +1,19 @@
+"""steerable: steering vectors for Hugging Face transformers, inline in the decoder layers."""
+
+from steerable.architectures import ARCHITECTURES, SITES, ArchitectureSpec, register_architecture
+from steerable.model import SteerableModel, SteeringHandle
+from steerable.operators import OPERATORS
+from steerable.vectors import SteeringVector
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES",
+    "OPERATORS",
+    "SITES",
+    "ArchitectureSpec",
+    "SteerableModel",
+    "SteeringHandle",
+    "SteeringVector",
+    "register_architecture",
+]

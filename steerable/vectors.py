@@ -1,0 +1,156 @@
+"""SteeringVector: one direction per decoder layer, at one site, with what is known of its origin."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerable.architectures import SITES
+
+
+class SteeringVector:
+    """A steering vector: ``layer index -> tensor[d_model]`` (or ``tensor[rows, d_model]``, one vector
+    per batch row), read from or applied to one site of those layers.
+
+    Supports ``+``, ``-``, unary ``-``, and ``*`` / ``/`` by a number. Layers missing on one side of
+    ``+``/``-`` count as zero. Negative layer indices count from the end of the model they are used on.
+    """
+
+    def __init__(
+        self,
+        layer_activations: Mapping[int, Float[Tensor, "*rows d_model"]],
+        site: str = "block",
+        *,
+        model_type: str | None = None,
+        model_name: str | None = None,
+        method: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r}: use one of {', '.join(SITES)}")
+        if not isinstance(layer_activations, Mapping) or len(layer_activations) == 0:
+            raise ValueError("a SteeringVector needs at least one layer: pass {layer_index: tensor[d_model]}")
+        vectors: dict[int, Tensor] = {}
+        for layer, vector in layer_activations.items():
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise TypeError(f"layer indices must be ints, got {layer!r}")
+            if not isinstance(vector, Tensor):
+                raise TypeError(f"layer {layer}: expected a torch.Tensor, got {type(vector).__name__}")
+            if vector.ndim not in (1, 2) or vector.shape[-1] == 0 or vector.numel() == 0:
+                raise ValueError(
+                    f"layer {layer}: expected shape [d_model] or [rows, d_model], got {list(vector.shape)}"
+                )
+            if not vector.is_floating_point():
+                raise TypeError(f"layer {layer}: expected a floating-point tensor, got {vector.dtype}")
+            if not bool(torch.isfinite(vector).all()):
+                raise ValueError(f"layer {layer}: the vector has non-finite values (nan or inf)")
+            vectors[layer] = vector.detach()
+        shapes = {tuple(v.shape) for v in vectors.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"all layers must have the same shape, got {sorted(shapes)}")
+        self._vectors = dict(sorted(vectors.items()))
+        self.site = site
+        self.model_type = model_type
+        self.model_name = model_name
+        self.method = method
+        self.description = description
+
+    # -- what it holds ------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return list(self._vectors)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self._vectors.values())).shape[-1])
+
+    @property
+    def rows(self) -> int | None:
+        """Number of per-row vectors (a batch of vectors), or None for one vector for all rows."""
+        first = next(iter(self._vectors.values()))
+        return int(first.shape[0]) if first.ndim == 2 else None
+
+    def __getitem__(self, layer: int) -> Tensor:
+        return self._vectors[layer]
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self._vectors
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._vectors)
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def items(self) -> Iterator[tuple[int, Tensor]]:
+        return iter(self._vectors.items())
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "model_type": self.model_type,
+            "model_name": self.model_name,
+            "method": self.method,
+            "description": self.description,
+        }
+
+    def __repr__(self) -> str:
+        origin = f", model_type={self.model_type!r}" if self.model_type else ""
+        rows = f", rows={self.rows}" if self.rows is not None else ""
+        return (
+            f"SteeringVector(layers={self.layers}, site={self.site!r}, hidden_size={self.hidden_size}"
+            f"{rows}{origin})"
+        )
+
+    # -- conversion and arithmetic --------------------------------------------------------------
+    def _with(self, vectors: Mapping[int, Tensor]) -> SteeringVector:
+        return SteeringVector(vectors, **self.metadata())
+
+    def to(self, *args: Any, **kwargs: Any) -> SteeringVector:
+        """Like ``Tensor.to``: a copy on another device and/or dtype."""
+        return self._with({layer: v.to(*args, **kwargs) for layer, v in self.items()})
+
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.site != self.site:
+            raise ValueError(f"cannot combine vectors at different sites ({self.site!r} and {other.site!r})")
+        if other.hidden_size != self.hidden_size:
+            raise ValueError(
+                f"cannot combine vectors of hidden size {self.hidden_size} and {other.hidden_size}"
+            )
+        result = dict(self._vectors)
+        for layer, vector in other.items():
+            vector = vector.to(result[layer]) if layer in result else vector
+            result[layer] = result[layer] + sign * vector if layer in result else sign * vector
+        return self._with(result)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __mul__(self, scale: float) -> SteeringVector:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return NotImplemented
+        if not math.isfinite(scale):
+            raise ValueError(f"cannot scale a steering vector by {scale}")
+        return self._with({layer: v * scale for layer, v in self.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale: float) -> SteeringVector:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return NotImplemented
+        if scale == 0:
+            raise ZeroDivisionError("cannot divide a steering vector by zero")
+        return self._with({layer: v / scale for layer, v in self.items()})
