@@ -9,6 +9,7 @@ check to an idle forward. Steering tensors are non-persistent buffers, so ``.to(
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class SteerableLayer(nn.Module):
         self, op: LayerSteering, hidden: Float[Tensor, "batch seq d_model"]
     ) -> Float[Tensor, "batch seq d_model"]:
         batch, seq_len = hidden.shape[0], hidden.shape[1]
-        tensors = []
+        tensors: list[Tensor | None] = []
         for name in (op.delta, op.unit, op.target):
             tensor = self._buffers[name] if name is not None else None
             if tensor is not None:
@@ -76,7 +77,8 @@ class SteerableLayer(nn.Module):
                     tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
             tensors.append(tensor)
         token_mask = self._steerable_runtime.token_mask(op.selection, batch, seq_len, hidden.device)
-        return apply_operator(hidden, op.operator, *tensors, op.norm_preserving, token_mask)
+        delta, unit, target = tensors
+        return apply_operator(hidden, op.operator, delta, unit, target, op.norm_preserving, token_mask)
 
     # -- managing steerings (called by the model) ----------------------------------------------
     def add_steering(self, op: LayerSteering, tensors: dict[str, Tensor]) -> None:
@@ -108,7 +110,12 @@ def make_steerable(module: nn.Module, runtime: Runtime) -> SteerableLayer:
         _classes[key] = type(
             base.__name__,
             (SteerableLayer, base),
-            {"__module__": base.__module__, "__qualname__": base.__qualname__, "_steerable_base": base},
+            {
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+                "_steerable_base": base,
+                "forward": with_signature(SteerableLayer.forward, base.forward),
+            },
         )
     _set_class(module, _classes[key])
     assert isinstance(module, SteerableLayer)
@@ -116,6 +123,17 @@ def make_steerable(module: nn.Module, runtime: Runtime) -> SteerableLayer:
     module._steerable_ops = []
     module._steerable_taps = []
     return module
+
+
+def with_signature(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, presenting ``original``'s signature: transformers inspects ``forward``'s parameters
+    (``position_ids``, ``logits_to_keep``, ...) to decide what to pass."""
+
+    @functools.wraps(original)
+    def delegate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    return delegate
 
 
 def restore(module: nn.Module) -> None:
@@ -129,9 +147,9 @@ def restore(module: nn.Module) -> None:
     _set_class(module, module._steerable_base)
 
 
-def _set_class(module: nn.Module, cls: type) -> None:
+def _set_class(module: nn.Module, cls: type[nn.Module]) -> None:
     module.__class__ = cls
     # accelerate's hooks (device_map, offloading) call a bound `_old_forward` captured when they were
     # attached; rebind it so the hook calls the forward of the class the module has now.
     if "_old_forward" in module.__dict__:
-        module._old_forward = types.MethodType(cls.forward, module)  # type: ignore[attr-defined]
+        module.__dict__["_old_forward"] = types.MethodType(cls.forward, module)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from steerable.architectures import SITES, ArchitectureSpec, get_submodule, resolve_architecture
-from steerable.layers import LayerSteering, SteerableLayer, make_steerable, restore
+from steerable.layers import LayerSteering, SteerableLayer, make_steerable, restore, with_signature
 from steerable.operators import OPERATORS
 from steerable.positions import PositionMode, Runtime, TokenSelection, past_length
 from steerable.vectors import SteeringVector
@@ -37,7 +37,9 @@ class _State:
 class SteeringHandle:
     """An applied steering. ``remove()`` undoes it; as a context manager it is removed on exit."""
 
-    def __init__(self, model: SteerableModel, applied: list[tuple[SteerableLayer, LayerSteering]], uses_positions: bool):
+    def __init__(
+        self, model: SteerableModel, applied: list[tuple[SteerableLayer, LayerSteering]], uses_positions: bool
+    ):
         self._model = model
         self._applied = applied
         self._uses_positions = uses_positions
@@ -94,18 +96,25 @@ class SteerableModel:
         if isinstance(model, SteerableModel):
             return model
         spec, layers = resolve_architecture(model)
+        # keep only the sites this particular model has (Falcon's parallel variant has no post-attn norm)
+        present = {site: path for site, path in spec.sites.items() if get_submodule(layers[0], path) is not None}
+        spec = ArchitectureSpec(spec.layers, present)
         runtime = Runtime()
         for layer in layers:
             make_steerable(layer, runtime)
         base = type(model)
         if base not in _model_classes:
-            _model_classes[base] = type(
-                base.__name__,
-                (SteerableModel, base),
-                {"__module__": base.__module__, "__qualname__": base.__qualname__, "_steerable_original": base},
-            )
+            namespace: dict[str, Any] = {
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+                "_steerable_original": base,
+                "forward": with_signature(SteerableModel.forward, base.forward),
+            }
+            if hasattr(base, "generate"):
+                namespace["generate"] = with_signature(SteerableModel.generate, base.generate)
+            _model_classes[base] = type(base.__name__, (SteerableModel, base), namespace)
         config = getattr(model, "config", None)
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
         hidden_size = getattr(text_config, "hidden_size", None)
         arg_names = tuple(list(inspect.signature(base.forward).parameters)[1:])
         model._steerable = _State(spec, layers, runtime, hidden_size, arg_names)  # type: ignore[assignment]
@@ -308,7 +317,9 @@ def _plan(
 
 
 def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> TokenSelection:
-    if min_token_index is not None and (isinstance(min_token_index, bool) or not isinstance(min_token_index, int) or min_token_index < 0):
+    if min_token_index is not None and (
+        isinstance(min_token_index, bool) or not isinstance(min_token_index, int) or min_token_index < 0
+    ):
         raise ValueError(f"min_token_index must be an int >= 0, got {min_token_index!r}")
     if isinstance(positions, Tensor):
         if positions.dtype != torch.bool or positions.ndim not in (1, 2) or positions.shape[-1] == 0:
@@ -320,9 +331,7 @@ def _selection(positions: PositionMode | Tensor, min_token_index: int | None, ro
             raise ValueError(f"the token mask has {positions.shape[0]} rows but the steering has {rows}")
         return TokenSelection("all", min_token_index, positions.detach())
     if positions not in ("all", "prompt", "generated"):
-        raise ValueError(
-            f"unknown positions {positions!r}: use 'all', 'prompt', 'generated' or a boolean mask tensor"
-        )
+        raise ValueError(f"unknown positions {positions!r}: use 'all', 'prompt', 'generated' or a boolean mask tensor")
     return TokenSelection(positions, min_token_index, None)
 
 

@@ -102,10 +102,7 @@ class SteeringVector:
     def __repr__(self) -> str:
         origin = f", model_type={self.model_type!r}" if self.model_type else ""
         rows = f", rows={self.rows}" if self.rows is not None else ""
-        return (
-            f"SteeringVector(layers={self.layers}, site={self.site!r}, hidden_size={self.hidden_size}"
-            f"{rows}{origin})"
-        )
+        return f"SteeringVector(layers={self.layers}, site={self.site!r}, hidden_size={self.hidden_size}{rows}{origin})"
 
     # -- conversion and arithmetic --------------------------------------------------------------
     def _with(self, vectors: Mapping[int, Tensor]) -> SteeringVector:
@@ -121,9 +118,7 @@ class SteeringVector:
         if other.site != self.site:
             raise ValueError(f"cannot combine vectors at different sites ({self.site!r} and {other.site!r})")
         if other.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"cannot combine vectors of hidden size {self.hidden_size} and {other.hidden_size}"
-            )
+            raise ValueError(f"cannot combine vectors of hidden size {self.hidden_size} and {other.hidden_size}")
         result = dict(self._vectors)
         for layer, vector in other.items():
             vector = vector.to(result[layer]) if layer in result else vector

@@ -3,10 +3,12 @@ per-row multipliers, save/load, unwrap and state restoration."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import transformers
-from helpers import hooked, left_pad, position_ids, right_pad
+from helpers import hooked, left_pad, position_ids, right_pad, vanilla_layers
 from tiny_models import ARCHS, tiny_model
 
 from steerable import SteerableModel, SteeringVector
@@ -34,6 +36,20 @@ def test_idle_is_bit_identical(arch: str, dtype: torch.dtype) -> None:
     with model.steer(random_vector([1]), 0.0, operator="add"):
         pass
     assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_idle_generate_and_signatures_equal_vanilla(arch: str) -> None:
+    vanilla = tiny_model(arch)
+    model = SteerableModel.wrap(tiny_model(arch))
+    assert inspect.signature(model.forward) == inspect.signature(vanilla.forward)
+    assert inspect.signature(model.generate) == inspect.signature(vanilla.generate)
+    layer, vanilla_layer = model._steerable.layers[0], vanilla_layers(vanilla)[0]
+    assert inspect.signature(layer.forward) == inspect.signature(vanilla_layer.forward)
+    ids, mask = left_pad(PROMPTS)
+    expected, got = _generate(vanilla, ids, mask, True), _generate(model, ids, mask, True)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.logits, expected.logits, strict=True))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -132,8 +148,11 @@ def test_per_row_multipliers_equal_separate_runs(arch: str) -> None:
         batched = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
     for row in range(2):
         with model.steer(vec, float(multipliers[row])):
-            alone = model(input_ids=ids[row : row + 1], attention_mask=mask[row : row + 1],
-                          position_ids=position_ids(mask[row : row + 1])).logits
+            alone = model(
+                input_ids=ids[row : row + 1],
+                attention_mask=mask[row : row + 1],
+                position_ids=position_ids(mask[row : row + 1]),
+            ).logits
         torch.testing.assert_close(batched[row], alone[0], rtol=0, atol=1e-5)
 
 

@@ -22,8 +22,19 @@ _LLAMA_LIKE = dict(
 )
 
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gpt2": ("GPT2Config", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=128,
-                                bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "gpt2": (
+        "GPT2Config",
+        dict(
+            n_layer=3,
+            n_embd=32,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
     "llama": ("LlamaConfig", _LLAMA_LIKE),
     "mistral": ("MistralConfig", _LLAMA_LIKE),
     "gemma": ("GemmaConfig", dict(_LLAMA_LIKE, head_dim=8)),
@@ -34,10 +45,32 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3": ("Qwen3Config", dict(_LLAMA_LIKE, head_dim=8)),
     "phi3": ("Phi3Config", _LLAMA_LIKE),
     "olmo2": ("Olmo2Config", _LLAMA_LIKE),
-    "gptj": ("GPTJConfig", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=128,
-                                rotary_dim=4, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    "falcon": ("FalconConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                    vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "gptj": (
+        "GPTJConfig",
+        dict(
+            n_layer=3,
+            n_embd=32,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=128,
+            rotary_dim=4,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
+    "falcon": (
+        "FalconConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
 }
 ARCHS = list(CONFIGS)
 
@@ -54,7 +87,7 @@ def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     config = tiny_config(arch)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim >= 2:
                 param.normal_(0.0, 0.15)
     return model.to(dtype).eval()
