@@ -349,9 +349,12 @@ def _site_module(state: _State, layer_index: int, site: str) -> SteerableLayer:
 
 
 def _reference_tensor(module: nn.Module) -> Tensor:
-    """A floating-point parameter or buffer of ``module``: its device and dtype are the layer's."""
+    """A floating-point parameter or buffer of ``module``: its device and dtype are the layer's.
+
+    Offloaded weights (accelerate) sit on the meta device; then the steering stays in fp32 on the
+    CPU and the forward moves it to wherever the hidden states are."""
     for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.is_floating_point():
+        if tensor.is_floating_point() and tensor.device.type != "meta":
             return tensor
     return torch.empty(0)
 

@@ -1,0 +1,82 @@
+"""The wrapped model behaves as the vanilla one in the tools users already have."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from tiny_models import tiny_model, tiny_tokenizer
+
+from steerable import SteerableModel, SteeringVector
+
+
+def test_pipeline_text_generation_is_steered() -> None:
+    tokenizer = tiny_tokenizer()
+    vanilla = tiny_model("llama")
+    model = SteerableModel.wrap(tiny_model("llama"))
+    prompt = "w5 w17 w33 w8"
+    run = dict(max_new_tokens=6, do_sample=False, return_full_text=False)
+    expected = transformers.pipeline("text-generation", model=vanilla, tokenizer=tokenizer)(prompt, **run)
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    assert pipe(prompt, **run) == expected
+    vec = SteeringVector({i: 4 * torch.randn(32, generator=torch.Generator().manual_seed(i)) for i in range(3)})
+    with model.steer(vec, 2.0):
+        steered = pipe(prompt, **run)
+    assert steered != expected
+    assert pipe(prompt, **run) == expected
+
+
+def test_from_pretrained_passes_kwargs_through(tmp_path) -> None:
+    tiny_model("qwen2").save_pretrained(tmp_path)
+    model = SteerableModel.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map="cpu")
+    assert isinstance(model, SteerableModel) and isinstance(model, transformers.Qwen2ForCausalLM)
+    assert model.dtype == torch.bfloat16
+    vanilla = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map="cpu")
+    ids = torch.tensor([[4, 5, 6, 7]])
+    assert torch.equal(model(ids).logits, vanilla(ids).logits)
+    again = type(model).from_pretrained(tmp_path)  # on the wrapped class: loads that class
+    assert isinstance(again, SteerableModel) and type(again) is type(model)
+
+
+def test_half_and_to_move_steering_buffers() -> None:
+    model = SteerableModel.wrap(tiny_model("gpt2"))
+    vec = SteeringVector({1: torch.randn(32)})
+    ids = torch.tensor([[4, 5, 6, 7]])
+    with model.steer(vec, 1.0):
+        model.half()
+        assert {b.dtype for n, b in model.named_buffers() if "steering_" in n} == {torch.float16}
+        model.to(torch.float32)
+        steered = model(ids).logits
+    vanilla = tiny_model("gpt2")
+    # weights and the steering buffer both went through fp16: the reference does the same
+    delta = vec[1].half().float()
+    vanilla.transformer.h[1].register_forward_hook(
+        lambda m, i, o: (o[0] + delta, *o[1:]) if isinstance(o, tuple) else o + delta
+    )
+    vanilla.half().to(torch.float32)
+    torch.testing.assert_close(steered, vanilla(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gradients_flow_through_steering(arch: str) -> None:
+    model = SteerableModel.wrap(tiny_model(arch))
+    with model.steer(SteeringVector({1: torch.randn(32)}), 1.0):  # fine-tuning a steered model
+        loss = model(torch.tensor([[4, 5, 6]])).logits.square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_accelerate_offload_hooks_still_reach_the_steerable_forward() -> None:
+    accelerate = pytest.importorskip("accelerate")
+    vanilla = tiny_model("llama")
+    ids = torch.tensor([[4, 5, 6, 7]])
+    vec = SteeringVector({1: torch.randn(32)})
+    with torch.no_grad():
+        vanilla.model.layers[1].register_forward_hook(lambda m, i, o: o + vec[1])
+        expected = vanilla(ids).logits
+    model = tiny_model("llama")
+    accelerate.cpu_offload(model, execution_device=torch.device("cpu"))  # hooks on every module first
+    model = SteerableModel.wrap(model)
+    with torch.no_grad(), model.steer(vec, 1.0):
+        got = model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
