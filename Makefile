@@ -5,15 +5,17 @@ VENV4 ?= .venv-transformers4
 
 .PHONY: test test-transformers4 lint demo clean
 
-$(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt
+$(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements/test.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-transformers4.txt
+$(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-transformers4.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV4)
 	$(VENV4)/bin/python -m pip install -q -r requirements/test-transformers4.txt
+	$(VENV4)/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(VENV4)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 

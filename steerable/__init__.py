@@ -3,6 +3,8 @@
 from steerable.architectures import ARCHITECTURES, SITES, ArchitectureSpec, register_architecture
 from steerable.model import SteerableModel, SteeringHandle
 from steerable.operators import OPERATORS
+from steerable.recording import Recording, record_activations
+from steerable.training import ContrastivePair, train_steering_vector
 from steerable.vectors import SteeringVector
 
 __version__ = "0.1.0"
@@ -12,8 +14,12 @@ __all__ = [
     "OPERATORS",
     "SITES",
     "ArchitectureSpec",
+    "ContrastivePair",
+    "Recording",
     "SteerableModel",
     "SteeringHandle",
     "SteeringVector",
+    "record_activations",
     "register_architecture",
+    "train_steering_vector",
 ]

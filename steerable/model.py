@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from steerable.architectures import SITES, ArchitectureSpec, get_submodule, reso
 from steerable.layers import LayerSteering, SteerableLayer, make_steerable, restore, with_signature
 from steerable.operators import OPERATORS
 from steerable.positions import PositionMode, Runtime, TokenSelection, past_length
+from steerable.recording import Recording, record, state_release
 from steerable.vectors import SteeringVector
 
 _model_classes: dict[type, type] = {}
@@ -52,8 +54,7 @@ class SteeringHandle:
         state = self._model._steerable
         for module, op in reversed(self._applied):
             module.remove_steering(op)
-            if module is not _block_of(state, module) and module.is_idle:
-                restore(module)  # site modules are steerable only while used: idle costs nothing
+            state_release(state, module)  # site modules are steerable only while used: idle costs nothing
         if self._uses_positions:
             state.runtime.position_users -= 1
         state.handles = [h for h in state.handles if h is not self]
@@ -63,10 +64,6 @@ class SteeringHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def _block_of(state: _State, module: nn.Module) -> nn.Module | None:
-    return module if any(module is layer for layer in state.layers) else None
 
 
 class SteerableModel:
@@ -182,6 +179,17 @@ class SteerableModel:
         finally:
             runtime.prompt_lengths = previous
 
+    # -- recording -----------------------------------------------------------------------------
+    def record(
+        self,
+        layers: list[int] | range | None = None,
+        site: str = "block",
+        positions: list[int] | None = None,
+        to_cpu: bool = False,
+    ) -> AbstractContextManager[Recording]:
+        """Context manager recording ``site`` activations of ``layers``; see ``steerable.recording.record``."""
+        return record(self, layers, site, positions, to_cpu)
+
     # -- steering ------------------------------------------------------------------------------
     def steer(
         self,
@@ -208,7 +216,7 @@ class SteerableModel:
         handle = SteeringHandle(self, applied, uses_positions=not plan.selection.everything)
         try:
             for layer_index, tensors in plan.tensors.items():
-                module = _site_module(state, layer_index, vector.site)
+                module = site_module(state, layer_index, vector.site)
                 reference = _reference_tensor(module)
                 op = LayerSteering(operator, plan.selection, norm_preserving)
                 module.add_steering(op, {k: t.to(reference.device, reference.dtype) for k, t in tensors.items()})
@@ -252,18 +260,7 @@ def _plan(
             f"the steering vector has hidden size {vector.hidden_size} but the model's is "
             f"{state.hidden_size}: it was trained for a different model"
         )
-    n_layers = len(state.layers)
-    layer_indices: dict[int, int] = {}
-    for layer in vector.layers:
-        if not -n_layers <= layer < n_layers:
-            raise IndexError(
-                f"layer {layer} is out of range: the model has {n_layers} decoder layers "
-                f"(use 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
-            )
-        index = layer % n_layers
-        if index in layer_indices.values():
-            raise ValueError(f"layer {layer} and layer {index} name the same decoder layer; give it once")
-        layer_indices[layer] = index
+    layer_indices = dict(resolve_layers(state, vector.layers))
 
     rows = vector.rows
     if isinstance(multiplier, Tensor):
@@ -316,6 +313,23 @@ def _plan(
     return _Plan(selection, tensors)
 
 
+def resolve_layers(state: _State, layers: list[int]) -> list[tuple[int, int]]:
+    """(as given, index into the layer list) for each layer; negative indices count from the end."""
+    n_layers = len(state.layers)
+    resolved: list[tuple[int, int]] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+            raise IndexError(
+                f"layer {layer} is out of range: the model has {n_layers} decoder layers "
+                f"(use 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
+            )
+        index = layer % n_layers
+        if any(index == seen for _, seen in resolved):
+            raise ValueError(f"layer {layer} and layer {index} name the same decoder layer; give it once")
+        resolved.append((layer, index))
+    return resolved
+
+
 def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> TokenSelection:
     if min_token_index is not None and (
         isinstance(min_token_index, bool) or not isinstance(min_token_index, int) or min_token_index < 0
@@ -335,8 +349,12 @@ def _selection(positions: PositionMode | Tensor, min_token_index: int | None, ro
     return TokenSelection(positions, min_token_index, None)
 
 
-def _site_module(state: _State, layer_index: int, site: str) -> SteerableLayer:
+def site_module(state: _State, layer_index: int, site: str) -> SteerableLayer:
+    """The steerable module of ``site`` in decoder layer ``layer_index`` (swapped in on first use)."""
     layer = state.layers[layer_index]
+    if site != "block" and site not in state.spec.sites:
+        available = ", ".join(["block", *state.spec.sites])
+        raise ValueError(f"site {site!r} is not available for this architecture; available: {available}")
     if site == "block":
         assert isinstance(layer, SteerableLayer)
         return layer

@@ -1,0 +1,125 @@
+"""Recording activations from the same steerable layers that steer: no hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from steerable.layers import SteerableLayer
+from steerable.positions import Runtime
+
+
+class Recording:
+    """What ``model.record(...)`` collected: one entry per forward call.
+
+    ``recording[layer]`` is the activations of that layer, ``[batch, seq, d_model]``; over several
+    forward calls (``generate`` with a KV cache: the prompt, then one token per step) the steps are
+    concatenated along the sequence. ``steps`` and ``positions`` keep them apart, with the absolute
+    position of each token (counted from each row's first non-padding token, -1 for padding).
+    """
+
+    def __init__(self, layers: Sequence[int]) -> None:
+        self.layers = list(layers)
+        self.steps: list[dict[int, Tensor]] = []
+        self.positions: list[Int[Tensor, "batch seq"]] = []
+
+    def __getitem__(self, layer: int) -> Float[Tensor, "batch seq d_model"]:
+        if not self.steps:
+            raise KeyError(f"nothing was recorded for layer {layer}: run the model inside the record block")
+        if layer not in self.steps[0]:
+            raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
+        if len(self.steps) == 1:
+            return self.steps[0][layer]
+        return torch.cat([step[layer] for step in self.steps], dim=1)
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
+    def keys(self) -> list[int]:
+        return list(self.layers)
+
+    def items(self) -> Iterator[tuple[int, Tensor]]:
+        return ((layer, self[layer]) for layer in self.layers)
+
+
+@contextmanager
+def record(
+    model: Any,
+    layers: Iterable[int] | None = None,
+    site: str = "block",
+    positions: Sequence[int] | None = None,
+    to_cpu: bool = False,
+) -> Iterator[Recording]:
+    """Record ``site`` activations of ``layers`` (default: all) for every forward inside the block.
+
+    ``positions``: keep only these sequence indices of each forward's input (negative from the end);
+    ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
+    """
+    from steerable.model import resolve_layers, site_module
+
+    state = model._steerable
+    indices = resolve_layers(state, list(layers) if layers is not None else list(range(len(state.layers))))
+    recording = Recording([original for original, _ in indices])
+    modules: list[SteerableLayer] = []
+    current: dict[int, Tensor] = {}
+
+    def make_tap(layer: int, last: bool) -> Any:
+        def tap(hidden: Tensor, runtime: Runtime) -> None:
+            kept = hidden.detach()
+            if positions is not None:
+                kept = kept[:, list(positions)]
+            current[layer] = kept.cpu() if to_cpu else kept
+            if last:  # the deepest recorded layer ends one forward step
+                batch, seq = hidden.shape[0], hidden.shape[1]
+                step_positions = runtime.positions(batch, seq, hidden.device)
+                if positions is not None:
+                    step_positions = step_positions[:, list(positions)]
+                recording.positions.append(step_positions.cpu() if to_cpu else step_positions)
+                recording.steps.append(dict(current))
+                current.clear()
+
+        return tap
+
+    deepest = max(index for _, index in indices)
+    taps = []
+    state.runtime.position_users += 1  # recording reports absolute positions
+    try:
+        for original, index in indices:
+            module = site_module(state, index, site)
+            tap = make_tap(original, index == deepest)
+            module._steerable_taps = [*module._steerable_taps, tap]
+            modules.append(module)
+            taps.append(tap)
+        yield recording
+    finally:
+        state.runtime.position_users -= 1
+        for module, tap in zip(modules, taps, strict=True):
+            module._steerable_taps = [t for t in module._steerable_taps if t is not tap]
+            state_release(state, module)
+
+
+def state_release(state: Any, module: SteerableLayer) -> None:
+    """Give a site module its own class back once nothing steers or records there."""
+    from steerable.layers import restore
+
+    if not any(module is layer for layer in state.layers) and module.is_idle:
+        restore(module)
+
+
+def record_activations(
+    model: Any,
+    inputs: dict[str, Any],
+    layers: Iterable[int] | None = None,
+    site: str = "block",
+    positions: Sequence[int] | None = None,
+    to_cpu: bool = False,
+) -> dict[int, Float[Tensor, "batch seq d_model"]]:
+    """Run ``model(**inputs)`` under ``torch.inference_mode`` and return ``{layer: activations}``."""
+    with torch.inference_mode(), record(model, layers, site, positions, to_cpu) as recording:
+        model(**inputs)
+    return dict(recording.items())

@@ -1,0 +1,202 @@
+"""train_steering_vector and record: values against independent computations and the seed library."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import hooked
+from tiny_models import tiny_model, tiny_tokenizer
+
+from steerable import ContrastivePair, SteerableModel, record_activations, train_steering_vector
+
+PAIRS = [
+    ("w5 w6 w7 w40", "w5 w6 w7 w41"),
+    ("w9 w12 w40", "w9 w12 w41"),
+    ("w20 w21 w22 w23 w24 w40", "w20 w21 w22 w23 w41"),
+    ("w30 w40", "w31 w33 w35 w41"),
+    ("w50 w51 w52 w40", "w50 w51 w41"),
+    ("w60 w61 w62 w63 w64 w65 w40", "w60 w41"),
+    ("w70 w40", "w70 w41"),
+    ("w80 w81 w82 w40", "w80 w81 w82 w83 w84 w41"),
+    ("w11 w13 w15 w40", "w11 w41"),
+]
+
+
+def tokenizer(side: str = "left"):
+    tok = tiny_tokenizer()
+    tok.padding_side = side
+    return tok
+
+
+def reference_reads(model, text: str, layer: int, read: int | slice = -1) -> torch.Tensor:
+    """The block-site activation of ``text`` alone at ``read``, from output_hidden_states."""
+    ids = tokenizer()([text], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states[layer + 1][0]
+    return hidden[read] if isinstance(read, int) else hidden[read].mean(0)
+
+
+def reference_mean(model, pairs, layer: int, read=-1) -> torch.Tensor:
+    diffs = [reference_reads(model, p, layer, read) - reference_reads(model, n, layer, read) for p, n in pairs]
+    return torch.stack(diffs).mean(0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_mean_equals_hidden_states_reference(arch: str, side: str, batch_size: int) -> None:
+    vanilla = tiny_model(arch)
+    model = SteerableModel.wrap(tiny_model(arch))
+    vec = train_steering_vector(model, tokenizer(side), PAIRS, layers=[0, 1], batch_size=batch_size)
+    assert vec.layers == [0, 1] and vec.method == "mean" and vec.model_type == vanilla.config.model_type
+    for layer in (0, 1):  # the last hidden state has the final norm applied
+        torch.testing.assert_close(vec[layer], reference_mean(vanilla, PAIRS, layer), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["mean", "pca_diff", "pca_center", "logistic"])
+def test_results_do_not_depend_on_batch_size_or_padding(method: str) -> None:
+    model = SteerableModel.wrap(tiny_model("qwen2"))
+    one = train_steering_vector(model, tokenizer("right"), PAIRS, layers=[1], method=method, batch_size=1)
+    many = train_steering_vector(model, tokenizer("left"), PAIRS, layers=[1], method=method, batch_size=8)
+    torch.testing.assert_close(one[1], many[1], rtol=0, atol=1e-5)
+
+
+def test_span_callable_and_per_pair_reads() -> None:
+    vanilla = tiny_model("llama")
+    model = SteerableModel.wrap(tiny_model("llama"))
+    span = train_steering_vector(model, tokenizer(), PAIRS, layers=[1], read_token_index=slice(-2, None), batch_size=4)
+    torch.testing.assert_close(span[1], reference_mean(vanilla, PAIRS, 1, slice(-2, None)), rtol=0, atol=1e-5)
+    # a callable on the text: read the first token of each text
+    first = train_steering_vector(model, tokenizer(), PAIRS, layers=[1], read_token_index=lambda text: 0)
+    torch.testing.assert_close(first[1], reference_mean(vanilla, PAIRS, 1, 0), rtol=0, atol=1e-5)
+    pairs = [ContrastivePair(p, n, read_positive_token_index=0, read_negative_token_index=0) for p, n in PAIRS]
+    per_pair = train_steering_vector(model, tokenizer(), pairs, layers=[1], read_token_index=-1, batch_size=3)
+    torch.testing.assert_close(per_pair[1], first[1], rtol=0, atol=1e-6)
+
+
+def test_other_sites_equal_a_hook_reference() -> None:
+    vanilla = tiny_model("llama")
+    model = SteerableModel.wrap(tiny_model("llama"))
+    for site in ("attn", "mlp", "input_norm", "post_attn_norm"):
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(h: torch.Tensor, seen: dict[str, torch.Tensor] = seen) -> torch.Tensor:
+            seen["h"] = h[0, -1].clone()
+            return h
+
+        diffs = []
+        for positive, negative in PAIRS:
+            reads = []
+            for text in (positive, negative):
+                with hooked(vanilla, {2: keep}, site=site), torch.no_grad():
+                    vanilla(tokenizer()([text], return_tensors="pt")["input_ids"])
+                reads.append(seen["h"])
+            diffs.append(reads[0] - reads[1])
+        vec = train_steering_vector(model, tokenizer(), PAIRS, layers=[2], site=site, batch_size=4)
+        assert vec.site == site
+        torch.testing.assert_close(vec[2], torch.stack(diffs).mean(0), rtol=0, atol=1e-5, msg=site)
+
+
+def test_aggregators_equal_direct_computations() -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    captured = {}
+
+    def keep(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        captured["pos"], captured["neg"] = pos, neg
+        return pos[0] * 0 + 7.0
+
+    custom = train_steering_vector(model, tokenizer(), PAIRS, layers=[1], method=keep)
+    assert torch.equal(custom[1], torch.full((32,), 7.0))
+    pos, neg = captured["pos"].double(), captured["neg"].double()
+    mean_diff = (pos - neg).mean(0)
+    diffs = pos - neg
+    for method, data in [("pca_diff", diffs), ("pca_center", torch.cat([(pos - neg) / 2, (neg - pos) / 2]))]:
+        vec = train_steering_vector(model, tokenizer(), PAIRS, layers=[1], method=method)[1].double()
+        top = torch.linalg.eigh(data.T @ data).eigenvectors[:, -1]
+        expected = top * (mean_diff @ top)  # sign and scale: the mean difference's projection
+        torch.testing.assert_close(vec, expected, rtol=1e-4, atol=1e-5, msg=method)
+        assert float(mean_diff @ vec) > 0
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    mid = (pos + neg) / 2
+    x = torch.cat([pos - mid, neg - mid]).numpy()
+    y = [1] * len(pos) + [-1] * len(neg)
+    coef = torch.tensor(sklearn.LogisticRegression(fit_intercept=False, tol=1e-10, max_iter=10000).fit(x, y).coef_[0])
+    vec = train_steering_vector(model, tokenizer(), PAIRS, layers=[1], method="logistic")[1].double()
+    assert torch.nn.functional.cosine_similarity(vec, coef, dim=0) > 0.9999
+
+
+def test_stops_after_the_deepest_layer() -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    calls = {"lm_head": 0, "layer2": 0}
+    model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("lm_head", calls["lm_head"] + 1))
+    model.model.layers[2].register_forward_hook(lambda *a: calls.__setitem__("layer2", calls["layer2"] + 1))
+    train_steering_vector(model, tokenizer(), PAIRS, layers=[0, 1], batch_size=4)
+    assert calls == {"lm_head": 0, "layer2": 0}
+    assert all(not layer._steerable_taps for layer in model.steerable_layers)
+
+
+def test_pad_token_is_never_set_on_the_users_tokenizer() -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    tok = tokenizer()
+    with_pad = train_steering_vector(model, tok, PAIRS, layers=[1], batch_size=4)
+    tok.pad_token = None
+    without_pad = train_steering_vector(model, tok, PAIRS, layers=[1], batch_size=4)
+    assert tok.pad_token is None
+    torch.testing.assert_close(with_pad[1], without_pad[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(pairs=[]), ValueError, "pairs is empty"),
+        (dict(pairs=[("w5 w6", "")]), ValueError, "pair 0 has an empty or non-string text"),
+        (dict(pairs=[("w5", "w6", "w7")]), TypeError, "pair 0 must be a ContrastivePair"),
+        (dict(read_token_index=5), ValueError, "read index 5 is outside 'w5 w6 w7 w40', which has 4 tokens"),
+        (dict(read_token_index=slice(10, 12)), ValueError, "selects no token"),
+        (dict(method="median"), ValueError, "unknown method 'median'"),
+        (dict(layers=[7]), IndexError, "layer 7 is out of range"),
+        (dict(layers=[]), ValueError, "layers is empty"),
+        (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
+        (dict(site="post_attn_norm", model="olmo2"), ValueError, "site 'post_attn_norm' is not available"),
+    ],
+)
+def test_bad_input(kwargs, error, message) -> None:
+    model = SteerableModel.wrap(tiny_model(kwargs.pop("model", "llama")))
+    args = dict(pairs=PAIRS[:2], layers=[1])
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        train_steering_vector(model, tokenizer(), **args)
+    assert all(layer.is_idle for layer in model.steerable_layers)
+    with pytest.raises(TypeError, match="SteerableModel.wrap"):
+        train_steering_vector(tiny_model("llama"), tokenizer(), PAIRS, layers=[1])
+
+
+def test_record_equals_output_hidden_states_and_follows_generate() -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    tok = tokenizer()
+    batch = tok(["w5 w6 w7 w8", "w9 w10"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    with model.record(layers=[0, -2]) as acts:
+        with torch.no_grad():
+            model(**batch)
+    assert acts.keys() == [0, -2]
+    assert torch.equal(acts[0], hidden[1]) and torch.equal(acts[-2], hidden[2])  # hidden[3] is normed
+    assert acts.positions[0].tolist() == [[0, 1, 2, 3], [-1, -1, 0, 1]]
+    mlp = record_activations(model, dict(batch), layers=[1], site="mlp", positions=[-1], to_cpu=True)
+    assert mlp[1].shape == (2, 1, 32)
+    with model.record(layers=[1]) as steps:
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert len(steps.steps) == 3  # the prompt, then one forward per generated token after the first
+    assert [p.tolist() for p in steps.positions[1:]] == [[[4], [2]], [[5], [3]]]
+    full_mask = torch.cat([batch["attention_mask"], torch.ones(2, 2, dtype=torch.long)], 1)
+    with torch.no_grad():
+        full = model(
+            out[:, :-1],
+            attention_mask=full_mask,
+            position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+            output_hidden_states=True,
+        ).hidden_states[2]
+    real = full_mask.bool()  # padding activations are meaningless
+    torch.testing.assert_close(steps[1][real], full[real], rtol=0, atol=1e-5)
+    assert all(layer.is_idle for layer in model.steerable_layers)
