@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +13,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerable.architectures import SITES
+
+FORMAT_VERSION = "1"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
 class SteeringVector:
@@ -149,3 +154,87 @@ class SteeringVector:
         if scale == 0:
             raise ZeroDivisionError("cannot divide a steering vector by zero")
         return self._with({layer: v / scale for layer, v in self.items()})
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors file: one tensor per layer (``layer.{i}``) and the metadata."""
+        from safetensors.torch import save_file
+
+        metadata = {
+            "format": "steerable.steering_vector",
+            "format_version": FORMAT_VERSION,
+            "site": self.site,
+            "layers": json.dumps(self.layers),
+            "hidden_size": str(self.hidden_size),
+            "dtype": str(next(iter(self._vectors.values())).dtype).removeprefix("torch."),
+        }
+        for key in ("model_type", "model_name", "method", "description"):
+            value = getattr(self, key)
+            if value is not None:
+                metadata[key] = str(value)
+        tensors = {f"layer.{layer}": v.detach().cpu().contiguous() for layer, v in self.items()}
+        save_file(tensors, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringVector:
+        """Read a file written by :meth:`save`, checking it; never executes code (no pickle)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise ValueError(
+                f"{path.name}: pickle files are refused (loading them can execute code); "
+                "save vectors with SteeringVector.save to a .safetensors file"
+            )
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(
+                f"{path.name}: not a readable safetensors file (truncated or corrupt?): {error}"
+            ) from error
+        return cls._from_file_contents(path.name, metadata, tensors)
+
+    @classmethod
+    def _from_file_contents(cls, name: str, metadata: dict[str, str], tensors: dict[str, Tensor]) -> SteeringVector:
+        if metadata.get("format") != "steerable.steering_vector":
+            raise ValueError(f"{name}: missing steerable metadata; is this a steering vector file?")
+        missing = [k for k in ("format_version", "site", "layers", "hidden_size", "dtype") if k not in metadata]
+        if missing:
+            raise ValueError(f"{name}: metadata is missing {', '.join(missing)}")
+        if metadata["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{name}: format version {metadata['format_version']} is not supported")
+        try:
+            layers = [int(layer) for layer in json.loads(metadata["layers"])]
+            hidden_size = int(metadata["hidden_size"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{name}: malformed metadata: {error}") from error
+        expected = {f"layer.{layer}" for layer in layers}
+        if set(tensors) != expected:
+            raise ValueError(f"{name}: tensors {sorted(tensors)} do not match the layers {layers} in the metadata")
+        vectors: dict[int, Tensor] = {}
+        for layer in layers:
+            tensor = tensors[f"layer.{layer}"]
+            if tensor.shape[-1] != hidden_size or tensor.ndim not in (1, 2):
+                raise ValueError(
+                    f"{name}: layer {layer} has shape {list(tensor.shape)}, expected [{hidden_size}] "
+                    f"or [rows, {hidden_size}]"
+                )
+            if str(tensor.dtype).removeprefix("torch.") != metadata["dtype"]:
+                raise ValueError(f"{name}: layer {layer} has dtype {tensor.dtype}, metadata says {metadata['dtype']}")
+            if not tensor.is_floating_point():
+                raise ValueError(f"{name}: layer {layer} is not floating point ({tensor.dtype})")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name}: layer {layer} has non-finite values (nan or inf)")
+            vectors[layer] = tensor
+        return cls(
+            vectors,
+            site=metadata["site"],
+            model_type=metadata.get("model_type"),
+            model_name=metadata.get("model_name"),
+            method=metadata.get("method"),
+            description=metadata.get("description"),
+        )

@@ -1,0 +1,43 @@
+"""Datasets the package ships (written for this project), formatted as contrastive pairs."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from steerable.training import ContrastivePair
+
+
+def _load(name: str) -> Any:
+    return json.loads(resources.files("steerable.data").joinpath(name).read_text(encoding="utf-8"))
+
+
+def chat_prompt(tokenizer: Any, user: str) -> str:
+    """``user`` as one chat turn, ending where the assistant's reply starts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return f"Question: {user}\nAnswer:"
+
+
+def sentiment_pairs(tokenizer: Any) -> list[ContrastivePair]:
+    """Chat-formatted (positive reply, negative reply) pairs, read as the mean over each reply's tokens."""
+    pairs = []
+    for item in _load("sentiment_pairs.json")["pairs"]:
+        prompt = chat_prompt(tokenizer, item["prompt"])
+        start = len(tokenizer(prompt)["input_ids"])  # the reply's first token
+        pairs.append(
+            ContrastivePair(
+                prompt + item["positive"],
+                prompt + item["negative"],
+                read_positive_token_index=slice(start, None),
+                read_negative_token_index=slice(start, None),
+            )
+        )
+    return pairs
+
+
+def sentiment_prompts() -> list[str]:
+    """Held-out user prompts (not in the training pairs)."""
+    return list(_load("sentiment_prompts.json")["prompts"])
