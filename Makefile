@@ -19,6 +19,9 @@ $(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-tran
 	$(VENV4)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
+demo: $(VENV)/.installed
+	$(VENV)/bin/python -m steerable.demo
+
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
 
