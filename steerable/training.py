@@ -76,10 +76,15 @@ def train_steering_vector(
     pass_positions = "position_ids" in inspect.signature(net.forward).parameters
 
     streaming = method == "mean"
-    sums: dict[int, Tensor] = {}
-    collected: dict[int, tuple[list[Tensor], list[Tensor]]] = {layer: ([], []) for layer, _ in resolved}
+    n_pairs = len(texts) // 2
+    # texts alternate positive, negative; batching them sorted by length wastes little on padding
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    chosen = [_resolve_read(text, read, length) for text, read, length in zip(texts, reads, lengths, strict=True)]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    sums: dict[int, Tensor] = {}  # mean: [2, d] running sums (positive, negative), float64
+    stored: dict[int, Tensor] = {}  # other methods: [2, n_pairs, d], only the read positions
     deepest = max(index for _, index in resolved)
-    batches = range(0, len(texts), batch_size)
     progress = show_progress if show_progress is not None else len(batches) >= 4
     modules, taps = [], []
     gathered: dict[int, Tensor] = {}
@@ -102,11 +107,11 @@ def train_steering_vector(
             taps.append(tap)
         device = next(p for p in net.parameters() if p.device.type != "meta").device
         with torch.inference_mode():
-            for start in tqdm(batches, desc="Training steering vector", disable=not progress):
-                batch_texts = texts[start : start + batch_size]
+            for batch in tqdm(batches, desc="Training steering vector", disable=not progress):
+                batch_texts = [texts[i] for i in batch]
                 encoded = tokenizer(batch_texts, return_tensors="pt", padding=True)
                 mask = encoded["attention_mask"]
-                index_tensor, weight = _read_columns(batch_texts, reads[start : start + batch_size], mask)
+                index_tensor, weight = _read_columns([chosen[i] for i in batch], mask)
                 columns["index"], columns["weight"] = index_tensor.to(device), weight.to(device)
                 inputs = {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device)}
                 if pass_positions:  # absolute-position models (GPT-2) need them under left padding
@@ -115,16 +120,18 @@ def train_steering_vector(
                     net(**inputs, use_cache=False)
                 except _StopForward:
                     pass
-                # even rows are positives, odd rows negatives: texts were interleaved pairwise
-                offset = start % 2
+                kinds = torch.tensor([i % 2 for i in batch])  # 0: positive, 1: negative
+                pair_ids = torch.tensor([i // 2 for i in batch])
                 for layer, _ in resolved:
-                    reads_fp32 = gathered.pop(layer).float()
-                    positive, negative = reads_fp32[offset::2], reads_fp32[1 - offset :: 2]
+                    read = gathered.pop(layer).float()
                     if streaming:
-                        _accumulate(sums, layer, positive, negative)
+                        kinds_here = kinds.to(read.device)
+                        batch_sum = torch.stack([read[kinds_here == k].double().sum(0) for k in (0, 1)])
+                        sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
                     else:
-                        collected[layer][0].append(positive.cpu())
-                        collected[layer][1].append(negative.cpu())
+                        if layer not in stored:
+                            stored[layer] = torch.zeros(2, n_pairs, read.shape[-1])
+                        stored[layer][kinds, pair_ids] = read.cpu()
     finally:
         from steerable.recording import state_release
 
@@ -133,13 +140,11 @@ def train_steering_vector(
             state_release(state, module)
 
     vectors: dict[int, Tensor] = {}
-    n_pairs = len(texts) // 2
     for layer, _ in resolved:
         if streaming:
             vectors[layer] = ((sums[layer][0] - sums[layer][1]) / n_pairs).float()
         else:
-            positive, negative = torch.cat(collected[layer][0]), torch.cat(collected[layer][1])
-            vectors[layer] = aggregate(positive, negative).float()
+            vectors[layer] = aggregate(stored[layer][0], stored[layer][1]).float()
     config = getattr(model, "config", None)
     return SteeringVector(
         vectors,
@@ -177,25 +182,26 @@ def _texts_and_reads(
     return texts, reads
 
 
-def _read_columns(
-    texts: list[str], reads: list[int | slice], mask: Tensor
-) -> tuple[Tensor, Float[Tensor, "batch span"]]:
+def _resolve_read(text: str, read: int | slice, length: int) -> list[int]:
+    """The token indices (in the unpadded text) that ``read`` selects; an error if none or outside."""
+    if isinstance(read, slice):
+        chosen = list(range(length))[read]
+        if not chosen:
+            raise ValueError(f"the read span {read} selects no token of {text!r} ({length} tokens)")
+        return chosen
+    if not -length <= read < length:
+        raise ValueError(f"read index {read} is outside {text!r}, which has {length} tokens")
+    return [read % length]
+
+
+def _read_columns(chosen: list[list[int]], mask: Tensor) -> tuple[Tensor, Float[Tensor, "batch span"]]:
     """Padded column indices to read for each row, with averaging weights (a span is averaged)."""
     lengths = mask.sum(-1).tolist()
     width = mask.shape[1]
     left_padded = bool((mask[:, 0] == 0).any())
-    rows: list[list[int]] = []
-    for text, read, length in zip(texts, reads, lengths, strict=True):
-        if isinstance(read, slice):
-            chosen = list(range(length))[read]
-            if not chosen:
-                raise ValueError(f"the read span {read} selects no token of {text!r} ({length} tokens)")
-        else:
-            if not -length <= read < length:
-                raise ValueError(f"read index {read} is outside {text!r}, which has {length} tokens")
-            chosen = [read % length]
-        offset = width - length if left_padded else 0
-        rows.append([offset + c for c in chosen])
+    rows = [
+        [(width - length if left_padded else 0) + c for c in cs] for cs, length in zip(chosen, lengths, strict=True)
+    ]
     span = max(len(r) for r in rows)
     index = torch.tensor([r + [r[-1]] * (span - len(r)) for r in rows])
     weight = torch.tensor([[1.0 / len(r)] * len(r) + [0.0] * (span - len(r)) for r in rows])
@@ -209,11 +215,6 @@ def _read(
     if index.shape[1] == 1:
         return picked[:, 0]
     return (picked.float() * weight[..., None]).sum(1).to(hidden.dtype)
-
-
-def _accumulate(sums: dict[int, Tensor], layer: int, positive: Tensor, negative: Tensor) -> None:
-    batch_sum = torch.stack([positive.double().sum(0), negative.double().sum(0)])
-    sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
 
 
 def _aggregator(method: str | Aggregator) -> Aggregator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from test_training import PAIRS, tokenizer
 from tiny_models import tiny_model
 
@@ -12,7 +13,13 @@ from steerable import SteerableModel, train_steering_vector
 sv = pytest.importorskip("steering_vectors")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+# On transformers 4.57 steering-vectors records GPT-2 blocks wrongly (its vectors differ from
+# output_hidden_states by ~1.5 there, while ours match them: see test_training), so GPT-2 is compared
+# on transformers 5 only and GPT-NeoX stands in for an absolute-position-free second family on 4.57.
+SEED_ARCHS = ["llama", "gpt2"] if transformers.__version__.startswith("5.") else ["llama", "gpt_neox"]
+
+
+@pytest.mark.parametrize("arch", SEED_ARCHS)
 def test_mean_vectors_equal_seed_library(arch: str) -> None:
     vanilla = tiny_model(arch)
     model = SteerableModel.wrap(tiny_model(arch))

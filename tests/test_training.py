@@ -174,7 +174,8 @@ def test_bad_input(kwargs, error, message) -> None:
 def test_record_equals_output_hidden_states_and_follows_generate() -> None:
     model = SteerableModel.wrap(tiny_model("llama"))
     tok = tokenizer()
-    batch = tok(["w5 w6 w7 w8", "w9 w10"], return_tensors="pt", padding=True)
+    encoded = tok(["w5 w6 w7 w8", "w9 w10"], return_tensors="pt", padding=True)
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     with torch.no_grad():
         hidden = model(**batch, output_hidden_states=True).hidden_states
     with model.record(layers=[0, -2]) as acts:
