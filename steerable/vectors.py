@@ -175,6 +175,33 @@ class SteeringVector:
         tensors = {f"layer.{layer}": v.detach().cpu().contiguous() for layer, v in self.items()}
         save_file(tensors, str(path), metadata=metadata)
 
+    def to_gguf(self, path: str | Path, model_hint: str | None = None) -> None:
+        """Write a llama.cpp / repeng GGUF control vector (block site only; see ``steerable.interop``)."""
+        from steerable.interop import to_gguf
+
+        to_gguf(self, path, model_hint)
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> SteeringVector:
+        """Read a GGUF control vector: ``direction.i`` steers the output of decoder block ``i``."""
+        from steerable.interop import from_gguf
+
+        return from_gguf(path)
+
+    @classmethod
+    def from_steering_vectors(cls, obj: Any) -> SteeringVector:
+        """Convert a vector of the ``steering-vectors`` library (same layer indices and sites)."""
+        from steerable.interop import from_steering_vectors
+
+        return from_steering_vectors(obj)
+
+    @classmethod
+    def from_repeng(cls, obj: Any) -> SteeringVector:
+        """Convert a ``repeng.ControlVector`` (its ``directions[i]`` steer the output of block ``i``)."""
+        from steerable.interop import from_repeng
+
+        return from_repeng(obj)
+
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
         """Read a file written by :meth:`save`, checking it; never executes code (no pickle)."""

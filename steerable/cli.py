@@ -1,0 +1,123 @@
+"""The ``steerable`` command line: ``info`` (what a vector file holds), ``train`` and ``generate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from steerable.vectors import SteeringVector
+
+
+def load_any(path: str) -> SteeringVector:
+    """A vector from a ``.gguf`` control vector or a steerable ``.safetensors`` file."""
+    if Path(path).suffix.lower() == ".gguf":
+        return SteeringVector.from_gguf(path)
+    return SteeringVector.load(path)
+
+
+def info(args: argparse.Namespace) -> None:
+    vector = load_any(args.file)
+    kind = "GGUF control vector" if Path(args.file).suffix.lower() == ".gguf" else "steerable safetensors"
+    print(f"file:        {args.file} ({kind})")
+    print(f"site:        {vector.site}")
+    print(f"layers:      {vector.layers}")
+    print(f"hidden size: {vector.hidden_size}" + (f", {vector.rows} rows" if vector.rows else ""))
+    print(f"dtype:       {str(vector[vector.layers[0]].dtype).removeprefix('torch.')}")
+    for key in ("model_type", "model_name", "method", "description"):
+        value = getattr(vector, key)
+        if value:
+            print(f"{key + ':':<13}{value}")
+    for layer, tensor in vector.items():
+        print(f"  layer {layer:>3}: norm {float(tensor.float().norm()):.4f}")
+
+
+def _model(name: str | None):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from steerable.model import SteerableModel
+    from steerable.models import smollm2
+
+    if name is None:
+        return smollm2()
+    return SteerableModel.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+
+
+def train(args: argparse.Namespace) -> None:
+    import json
+
+    from steerable.datasets import sentiment_pairs
+    from steerable.training import ContrastivePair, train_steering_vector
+
+    model, tokenizer = _model(args.model)
+    pairs: list[ContrastivePair | tuple[str, str]]
+    if args.data == "sentiment":
+        pairs = list(sentiment_pairs(tokenizer))
+    else:
+        items = json.loads(Path(args.data).read_text())
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and {"positive", "negative"} <= i.keys() for i in items
+        ):
+            raise ValueError(f"{args.data}: expected a JSON list of {{'positive': ..., 'negative': ...}} objects")
+        pairs = [(i["positive"], i["negative"]) for i in items]
+    layers = [int(x) for x in args.layers.split(",")]
+    vector = train_steering_vector(
+        model, tokenizer, pairs, layers=layers, method=args.method, batch_size=args.batch_size
+    )
+    vector.save(args.out)
+    print(f"saved {vector} to {args.out}")
+
+
+def generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from steerable.datasets import chat_prompt
+
+    model, tokenizer = _model(args.model)
+    vector = load_any(args.vector)
+    batch = tokenizer([chat_prompt(tokenizer, args.prompt)], return_tensors="pt")
+    outputs = []
+    for multiplier in (0.0, args.multiplier):
+        with torch.inference_mode(), model.steer(vector, multiplier):
+            out = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
+        outputs.append(tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+    print(f"unsteered:      {' '.join(outputs[0].split())}")
+    print(f"steered x{args.multiplier:+g}: {' '.join(outputs[1].split())}")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="steerable", description="Steering vectors for Hugging Face models.")
+    commands = top.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("info", help="show what a vector file (.safetensors or .gguf) holds")
+    p.add_argument("file")
+    p.set_defaults(run=info)
+    p = commands.add_parser("train", help="train a vector from contrastive pairs and save it")
+    p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--data", default="sentiment", help="'sentiment' (shipped) or a JSON list of {positive, negative}")
+    p.add_argument("--layers", default="6", help="comma-separated layer indices")
+    p.add_argument("--method", default="mean", choices=["mean", "pca_diff", "pca_center", "logistic"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default="vector.safetensors")
+    p.set_defaults(run=train)
+    p = commands.add_parser("generate", help="unsteered and steered replies to one prompt")
+    p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--vector", required=True, help="a .safetensors or .gguf vector file")
+    p.add_argument("--multiplier", type=float, default=3.0)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.set_defaults(run=generate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, OSError, IndexError, KeyError) as error:
+        print(f"steerable {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

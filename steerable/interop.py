@@ -1,0 +1,124 @@
+"""Other formats and libraries: GGUF control vectors (llama.cpp, repeng) and the vectors of
+``steering-vectors`` and ``repeng``, mapped to this package's layer and site conventions.
+
+Layer conventions, all meaning "added to the output of decoder block i (0-based)":
+- GGUF control vectors: tensor ``direction.{i}``. llama.cpp adds it after block i's residual add, at
+  every token; it rejects ``direction.0``, so block 0 cannot be expressed.
+- steering-vectors: ``layer_activations[i]`` with ``layer_type`` naming the site of block i.
+- repeng: ``directions[i]``; its ``ControlModel`` adds them to the output of block i.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steerable.vectors import SteeringVector
+
+# steering-vectors' layer_type -> our site
+SEED_SITES = {
+    "decoder_block": "block",
+    "self_attn": "attn",
+    "mlp": "mlp",
+    "input_layernorm": "input_norm",
+    "post_attention_layernorm": "post_attn_norm",
+}
+
+
+def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None) -> None:
+    """Write ``vector`` as a llama.cpp control vector (``--control-vector FILE``)."""
+    import gguf
+
+    if vector.site != "block":
+        raise ValueError(
+            f"GGUF control vectors steer decoder block outputs only; this vector is at site {vector.site!r}"
+        )
+    if vector.rows is not None:
+        raise ValueError("GGUF control vectors hold one vector per layer, not one per batch row")
+    negative = [layer for layer in vector.layers if layer < 0]
+    if negative:
+        raise ValueError(f"layers {negative} are negative: GGUF needs absolute block indices; convert them first")
+    if 0 in vector.layers:
+        raise ValueError(
+            "layer 0 cannot be written: llama.cpp rejects direction.0 (it has no slot for block 0's output); "
+            "drop layer 0 or move it to another layer"
+        )
+    hint = model_hint or vector.model_type or ""
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", hint)
+    writer.add_uint32("controlvector.layer_count", len(vector))
+    for layer, direction in vector.items():
+        writer.add_tensor(f"direction.{layer}", direction.detach().float().cpu().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def from_gguf(path: str | Path) -> SteeringVector:
+    """Read a GGUF control vector (as written by llama.cpp tools, repeng or :func:`to_gguf`)."""
+    import gguf
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as error:  # the reader raises several types on bad input
+        raise ValueError(f"{path.name}: not a readable GGUF file (truncated or corrupt?): {error}") from error
+    architecture = _string_field(reader, "general.architecture")
+    if architecture != "controlvector":
+        raise ValueError(f"{path.name}: general.architecture is {architecture!r}, not 'controlvector'")
+    hint = _string_field(reader, "controlvector.model_hint")
+    vectors: dict[int, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        prefix, _, index = tensor.name.partition(".")
+        if prefix != "direction" or not index.isdigit():
+            raise ValueError(f"{path.name}: unexpected tensor {tensor.name!r} (expected direction.N)")
+        if int(index) == 0:
+            raise ValueError(f"{path.name}: direction.0 is invalid in a control vector (llama.cpp rejects it)")
+        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
+            raise ValueError(f"{path.name}: {tensor.name} is {tensor.tensor_type.name}, expected F32")
+        data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        vectors[int(index)] = torch.from_numpy(data.copy())
+    if not vectors:
+        raise ValueError(f"{path.name}: the control vector has no direction tensors")
+    return SteeringVector(vectors, site="block", model_type=hint or None, description=f"from {path.name}")
+
+
+def _string_field(reader: Any, key: str) -> str | None:
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def from_steering_vectors(obj: Any) -> SteeringVector:
+    """Convert a ``steering_vectors.SteeringVector`` (``layer_activations``, ``layer_type``)."""
+    layer_type = getattr(obj, "layer_type", "decoder_block")
+    if layer_type not in SEED_SITES:
+        raise ValueError(f"steering-vectors layer_type {layer_type!r} has no site here; known: {list(SEED_SITES)}")
+    activations = getattr(obj, "layer_activations", None)
+    if not isinstance(activations, dict):
+        raise TypeError("expected a steering_vectors.SteeringVector with a layer_activations dict")
+    return SteeringVector(
+        {int(k): v.detach().clone() for k, v in activations.items()},
+        site=SEED_SITES[layer_type],
+        description="imported from steering-vectors",
+    )
+
+
+def from_repeng(obj: Any) -> SteeringVector:
+    """Convert a ``repeng.ControlVector`` (``model_type``, ``directions: dict[int, ndarray]``)."""
+    directions = getattr(obj, "directions", None)
+    if not isinstance(directions, dict):
+        raise TypeError("expected a repeng.ControlVector with a directions dict")
+    return SteeringVector(
+        {int(k): torch.as_tensor(np.asarray(v, dtype=np.float32)).clone() for k, v in directions.items()},
+        site="block",
+        model_type=getattr(obj, "model_type", None),
+        description="imported from repeng",
+    )
