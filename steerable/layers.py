@@ -9,7 +9,7 @@ check to an idle forward. Steering tensors are non-persistent buffers, so ``.to(
 
 from __future__ import annotations
 
-import functools
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +36,11 @@ class LayerSteering:
     delta: str | None = None
     unit: str | None = None
     target: str | None = None
+
+    fast_add: bool = False  # set in __post_init__: checked on every forward
+
+    def __post_init__(self) -> None:
+        self.fast_add = self.operator == "add" and not self.norm_preserving and self.selection.everything
 
 
 Tap = Callable[[Float[Tensor, "batch seq d_model"], Runtime], None]
@@ -64,21 +69,26 @@ class SteerableLayer(nn.Module):
         self, op: LayerSteering, hidden: Float[Tensor, "batch seq d_model"]
     ) -> Float[Tensor, "batch seq d_model"]:
         batch, seq_len = hidden.shape[0], hidden.shape[1]
-        tensors: list[Tensor | None] = []
-        for name in (op.delta, op.unit, op.target):
-            tensor = self._buffers[name] if name is not None else None
-            if tensor is not None:
-                if tensor.ndim == 3 and tensor.shape[0] != batch:
-                    raise ValueError(
-                        f"the steering has {tensor.shape[0]} per-row values (multiplier or vectors) but "
-                        f"the batch has {batch} rows: pass one value per row"
-                    )
-                if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
-                    tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
-            tensors.append(tensor)
+        if op.fast_add:  # the common case: add one vector to every token
+            return hidden + self._steerable_tensor(op.delta, hidden)
+        delta, unit, target = (
+            self._steerable_tensor(name, hidden) if name is not None else None
+            for name in (op.delta, op.unit, op.target)
+        )
         token_mask = self._steerable_runtime.token_mask(op.selection, batch, seq_len, hidden.device)
-        delta, unit, target = tensors
         return apply_operator(hidden, op.operator, delta, unit, target, op.norm_preserving, token_mask)
+
+    def _steerable_tensor(self, name: str | None, hidden: Tensor) -> Tensor:
+        tensor = self._buffers[name]  # type: ignore[index]
+        assert tensor is not None
+        if tensor.ndim == 3 and tensor.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"the steering has {tensor.shape[0]} per-row values (multiplier or vectors) but "
+                f"the batch has {hidden.shape[0]} rows: pass one value per row"
+            )
+        if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
+            tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
+        return tensor
 
     # -- managing steerings (called by the model) ----------------------------------------------
     def add_steering(self, op: LayerSteering, tensors: dict[str, Tensor]) -> None:
@@ -126,14 +136,17 @@ def make_steerable(module: nn.Module, runtime: Runtime) -> SteerableLayer:
 
 
 def with_signature(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    """``method``, presenting ``original``'s signature: transformers inspects ``forward``'s parameters
-    (``position_ids``, ``logits_to_keep``, ...) to decide what to pass."""
-
-    @functools.wraps(original)
-    def delegate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return method(self, *args, **kwargs)
-
-    return delegate
+    """A copy of ``method`` presenting ``original``'s signature: transformers inspects ``forward``'s
+    parameters (``position_ids``, ``logits_to_keep``, ...) to decide what to pass. A copy rather than
+    a wrapper, so the per-call cost stays one function call."""
+    function = getattr(method, "__func__", method)
+    clone = types.FunctionType(
+        function.__code__, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
+    clone.__kwdefaults__ = function.__kwdefaults__
+    clone.__doc__ = getattr(original, "__doc__", None)
+    clone.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+    return clone
 
 
 def restore(module: nn.Module) -> None:
