@@ -7,7 +7,6 @@ with the dataset.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -72,31 +71,64 @@ def train_steering_vector(
     if not layer_list:
         raise ValueError("layers is empty: give at least one layer index")
     resolved = resolve_layers(state, layer_list)
-    tokenizer = _with_pad_token(tokenizer)
-    pass_positions = "position_ids" in inspect.signature(net.forward).parameters
 
     streaming = method == "mean"
     n_pairs = len(texts) // 2
-    # texts alternate positive, negative; batching them sorted by length wastes little on padding
-    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    chosen = [_resolve_read(text, read, length) for text, read, length in zip(texts, reads, lengths, strict=True)]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    token_ids: list[list[int]] = [list(ids) for ids in tokenizer(texts)["input_ids"]]
+    chosen = [_resolve_read(t, r, len(ids)) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    params = inspect.signature(net.forward).parameters
+    cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
+    # A pair's texts usually share a prefix (the prompt) before every read position: run it once and
+    # continue both texts from its KV cache. Other pairs run as plain batches of texts.
+    shared = [
+        min(_common_prefix(token_ids[2 * k], token_ids[2 * k + 1]), min(chosen[2 * k]), min(chosen[2 * k + 1]))
+        if cache_arg is not None
+        else 0
+        for k in range(n_pairs)
+    ]
+    by_length = sorted(range(n_pairs), key=lambda k: len(token_ids[2 * k]) + len(token_ids[2 * k + 1]))
+    shared_pairs = [k for k in by_length if shared[k] > 0]
+    plain_texts = sorted(
+        (i for k in by_length if shared[k] == 0 for i in (2 * k, 2 * k + 1)), key=lambda i: len(token_ids[i])
+    )
+    pairs_per_batch = max(1, batch_size // 2)
+    jobs: list[tuple[str, list[int]]] = [
+        ("shared", shared_pairs[s : s + pairs_per_batch]) for s in range(0, len(shared_pairs), pairs_per_batch)
+    ] + [("plain", plain_texts[s : s + batch_size]) for s in range(0, len(plain_texts), batch_size)]
+
     sums: dict[int, Tensor] = {}  # mean: [2, d] running sums (positive, negative), float64
     stored: dict[int, Tensor] = {}  # other methods: [2, n_pairs, d], only the read positions
     deepest = max(index for _, index in resolved)
-    progress = show_progress if show_progress is not None else len(batches) >= 4
+    progress = show_progress if show_progress is not None else len(jobs) >= 4
     modules, taps = [], []
     gathered: dict[int, Tensor] = {}
-    columns: dict[str, Tensor] = {}
+    columns: dict[str, Tensor | None] = {"index": None, "weight": None}
 
     def make_tap(layer: int, index: int) -> Callable[[Tensor, Any], None]:
         def tap(hidden: Tensor, _runtime: Any) -> None:
-            gathered[layer] = _read(hidden, columns["index"], columns["weight"])
+            if columns["index"] is not None:  # None while a shared prefix runs: nothing to read there
+                assert columns["weight"] is not None
+                gathered[layer] = _read(hidden, columns["index"], columns["weight"])
             if index == deepest:
                 raise _StopForward
 
         return tap
+
+    def run(ids: Tensor, mask: Tensor, read_rows: list[list[int]] | None, cache: Any = None) -> None:
+        """One forward over ``ids`` (the last columns of ``mask``), stopped after the deepest layer."""
+        index, weight = _columns(read_rows) if read_rows is not None else (None, None)
+        columns["index"] = index.to(device) if index is not None else None
+        columns["weight"] = weight.to(device) if weight is not None else None
+        inputs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if "position_ids" in params:  # absolute-position models (GPT-2) need them under padding
+            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :].to(device)
+        if cache is not None:
+            inputs[str(cache_arg)] = cache
+        try:
+            net(**inputs, use_cache=cache is not None)
+        except _StopForward:
+            pass
 
     try:
         for layer, index in resolved:
@@ -107,21 +139,26 @@ def train_steering_vector(
             taps.append(tap)
         device = next(p for p in net.parameters() if p.device.type != "meta").device
         with torch.inference_mode():
-            for batch in tqdm(batches, desc="Training steering vector", disable=not progress):
-                batch_texts = [texts[i] for i in batch]
-                encoded = tokenizer(batch_texts, return_tensors="pt", padding=True)
-                mask = encoded["attention_mask"]
-                index_tensor, weight = _read_columns([chosen[i] for i in batch], mask)
-                columns["index"], columns["weight"] = index_tensor.to(device), weight.to(device)
-                inputs = {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device)}
-                if pass_positions:  # absolute-position models (GPT-2) need them under left padding
-                    inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
-                try:
-                    net(**inputs, use_cache=False)
-                except _StopForward:
-                    pass
-                kinds = torch.tensor([i % 2 for i in batch])  # 0: positive, 1: negative
-                pair_ids = torch.tensor([i // 2 for i in batch])
+            for kind, job in tqdm(jobs, desc="Training steering vector", disable=not progress):
+                if kind == "plain":
+                    rows = job
+                    ids, mask = _pad([token_ids[i] for i in rows], pad_id, left=True)
+                    offsets = [ids.shape[1] - len(token_ids[i]) for i in rows]
+                    run(ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)])
+                else:
+                    from transformers import DynamicCache
+
+                    rows = [i for k in job for i in (2 * k, 2 * k + 1)]
+                    prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], pad_id, left=True)
+                    cache = DynamicCache(config=net.config)
+                    run(prefix_ids, prefix_mask, None, cache)
+                    cache.batch_repeat_interleave(2)  # each prefix continues as its positive and its negative
+                    suffixes = [token_ids[i][shared[i // 2] :] for i in rows]
+                    suffix_ids, suffix_mask = _pad(suffixes, pad_id, left=False)
+                    mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
+                    run(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
+                kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
+                pair_ids = torch.tensor([i // 2 for i in rows])
                 for layer, _ in resolved:
                     read = gathered.pop(layer).float()
                     if streaming:
@@ -194,14 +231,29 @@ def _resolve_read(text: str, read: int | slice, length: int) -> list[int]:
     return [read % length]
 
 
-def _read_columns(chosen: list[list[int]], mask: Tensor) -> tuple[Tensor, Float[Tensor, "batch span"]]:
-    """Padded column indices to read for each row, with averaging weights (a span is averaged)."""
-    lengths = mask.sum(-1).tolist()
-    width = mask.shape[1]
-    left_padded = bool((mask[:, 0] == 0).any())
-    rows = [
-        [(width - length if left_padded else 0) + c for c in cs] for cs, length in zip(chosen, lengths, strict=True)
-    ]
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask, padded on the left or the right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+        ids[row, span] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def _columns(rows: list[list[int]]) -> tuple[Tensor, Float[Tensor, "batch span"]]:
+    """Column indices to read for each row, with averaging weights (a span is averaged)."""
     span = max(len(r) for r in rows)
     index = torch.tensor([r + [r[-1]] * (span - len(r)) for r in rows])
     weight = torch.tensor([[1.0 / len(r)] * len(r) + [0.0] * (span - len(r)) for r in rows])
@@ -223,15 +275,3 @@ def _aggregator(method: str | Aggregator) -> Aggregator:
     if method not in AGGREGATORS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(AGGREGATORS)} or a callable")
     return AGGREGATORS[method]
-
-
-def _with_pad_token(tokenizer: Any) -> Any:
-    """A tokenizer that can pad: the user's own if it can, else a copy with eos as pad (never mutated)."""
-    if getattr(tokenizer, "pad_token", None) is not None:
-        return tokenizer
-    eos = getattr(tokenizer, "eos_token", None)
-    if eos is None:
-        raise ValueError("the tokenizer has neither a pad token nor an eos token: set tokenizer.pad_token")
-    padded = copy.deepcopy(tokenizer)
-    padded.pad_token = eos
-    return padded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import hooked
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import ARCHS, tiny_model, tiny_tokenizer
 
 from steerable import ContrastivePair, SteerableModel, record_activations, train_steering_vector
 
@@ -201,3 +201,18 @@ def test_record_equals_output_hidden_states_and_follows_generate() -> None:
     real = full_mask.bool()  # padding activations are meaningless
     torch.testing.assert_close(steps[1][real], full[real], rtol=0, atol=1e-5)
     assert all(layer.is_idle for layer in model.steerable_layers)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prefix_path_equals_reference_on_every_architecture(arch: str) -> None:
+    """Most PAIRS share a prompt prefix, which runs once through the KV cache; the rest run plain."""
+    vanilla = tiny_model(arch)
+    model = SteerableModel.wrap(tiny_model(arch))
+    for method in ("mean", "pca_diff"):
+        vec = train_steering_vector(model, tokenizer(), PAIRS, layers=[0, 1], batch_size=6, method=method)
+        if method == "mean":
+            for layer in (0, 1):
+                torch.testing.assert_close(vec[layer], reference_mean(vanilla, PAIRS, layer), rtol=0, atol=1e-5)
+        else:
+            one = train_steering_vector(model, tokenizer(), PAIRS, layers=[0, 1], batch_size=1, method=method)
+            torch.testing.assert_close(vec[1], one[1], rtol=0, atol=1e-5)
