@@ -1,4 +1,4 @@
-"""The ``steerable`` command line: ``info`` (what a vector file holds), ``train`` and ``generate``."""
+"""The ``steerable`` command line: ``info`` (what a vector file holds), ``train``, ``generate``, ``bench``."""
 
 from __future__ import annotations
 
@@ -106,10 +106,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.set_defaults(run=generate)
+    p = commands.add_parser(
+        "bench", help="the overhead benchmark (all its options: steerable bench --help)", add_help=False
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER)
+    p.set_defaults(run=None)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: every option passes through
+        from steerable.bench import main as bench
+
+        return bench(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.run(args)

@@ -45,6 +45,7 @@ class SteeringHandle:
         self._model = model
         self._applied = applied
         self._uses_positions = uses_positions
+        self._args: dict[str, Any] = {}
         self.active = True
 
     def remove(self) -> None:
@@ -58,6 +59,36 @@ class SteeringHandle:
         if self._uses_positions:
             state.runtime.position_users -= 1
         state.handles = [h for h in state.handles if h is not self]
+
+    def update(self, multiplier: float | Tensor | None = None, vector: SteeringVector | None = None) -> None:
+        """Change the multiplier and/or the vector's values in place.
+
+        Shapes, layers, site and operator must stay the same. The steering buffers keep their identity,
+        so a ``torch.compile``d model does not recompile.
+        """
+        if not self.active:
+            raise RuntimeError("this steering was removed; apply a new one with model.steer(...)")
+        vector = vector if vector is not None else self._args["vector"]
+        multiplier = multiplier if multiplier is not None else self._args["multiplier"]
+        if vector.layers != self._args["vector"].layers or vector.site != self._args["vector"].site:
+            raise ValueError("update keeps the layers and site: apply a new steering for other layers or sites")
+        args = {**self._args, "vector": vector, "multiplier": multiplier}
+        plan = _plan(self._model._steerable, **args)
+        pending = []
+        for (module, op), (index, tensors) in zip(self._applied, plan.tensors.items(), strict=True):
+            for field_name, tensor in tensors.items():
+                buffer = module._buffers[getattr(op, field_name)]
+                assert buffer is not None
+                if buffer.shape != tensor.shape:
+                    raise ValueError(
+                        f"layer {index}: the new {field_name} has shape {list(tensor.shape)}, the steering "
+                        f"{list(buffer.shape)}; per-row sizes must stay the same"
+                    )
+                pending.append((buffer, tensor))
+        with torch.no_grad():
+            for buffer, tensor in pending:
+                buffer.copy_(tensor)
+        self._args = args
 
     def __enter__(self) -> SteeringHandle:
         return self
@@ -214,6 +245,14 @@ class SteerableModel:
         warn_model_mismatch(vector, getattr(getattr(self, "config", None), "model_type", None))
         applied: list[tuple[SteerableLayer, LayerSteering]] = []
         handle = SteeringHandle(self, applied, uses_positions=not plan.selection.everything)
+        handle._args = dict(
+            vector=vector,
+            multiplier=multiplier,
+            operator=operator,
+            positions=positions,
+            min_token_index=min_token_index,
+            norm_preserving=norm_preserving,
+        )
         try:
             for layer_index, tensors in plan.tensors.items():
                 module = site_module(state, layer_index, vector.site)
