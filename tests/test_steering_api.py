@@ -231,3 +231,25 @@ def test_register_and_auto_detect(monkeypatch) -> None:
         ARCHITECTURES.pop("my_llama")
     with pytest.raises(TypeError, match="ArchitectureSpec"):
         register_architecture("x", "model.layers")  # type: ignore[arg-type]
+
+
+def test_handle_update_changes_values_in_place(pair) -> None:
+    _, model = pair
+    v, w = vec((0, 2), seed=1), vec((0, 2), seed=2)
+    handle = model.steer(v, 1.0, operator="ablate_then_add")
+    buffers = {n: b for n, b in model.named_buffers() if "steering_" in n}
+    handle.update(multiplier=3.0, vector=w)
+    assert {n: b for n, b in model.named_buffers() if "steering_" in n}.keys() == buffers.keys()
+    assert all(b is buffers[n] for n, b in model.named_buffers() if "steering_" in n)  # same tensors
+    updated = model(IDS).logits
+    handle.remove()
+    with model.steer(w, 3.0, operator="ablate_then_add"):
+        torch.testing.assert_close(updated, model(IDS).logits, rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="was removed"):
+        handle.update(multiplier=2.0)
+    rows = model.steer(v, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="per-row sizes must stay the same"):
+        rows.update(multiplier=torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="keeps the layers and site"):
+        rows.update(vector=vec((1,)))
+    rows.remove()
