@@ -1,4 +1,4 @@
-"""The ``steerable`` command line: ``info`` (what a vector file holds), ``train``, ``generate``, ``bench``."""
+"""The ``steerable`` command line: ``info``, ``train``, ``generate``, ``sweep`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,49 @@ def generate(args: argparse.Namespace) -> None:
     print(f"steered x{args.multiplier:+g}: {' '.join(outputs[1].split())}")
 
 
+def sweep(args: argparse.Namespace) -> None:
+    import json
+
+    from steerable.evaluation import ab_pairs, load_ab_dataset, open_ended
+    from steerable.sweep import plot_sweep, sweep_ab, write_table
+    from steerable.training import train_steering_vector
+
+    multipliers = [float(m) for m in args.multipliers.split(",")]
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    model, tokenizer = _model(args.model)
+    items = load_ab_dataset(args.data)
+    chat = not args.no_chat
+    if args.vector:
+        vector = load_any(args.vector)
+    else:  # train on --train-data, or on the first half of --data and evaluate on the second half
+        train_items = load_ab_dataset(args.train_data) if args.train_data else items[: len(items) // 2]
+        items = items if args.train_data else items[len(items) // 2 :]
+        if not train_items or not items:
+            raise ValueError("need at least 2 items to split --data into training and evaluation halves")
+        vector = train_steering_vector(
+            model, tokenizer, ab_pairs(tokenizer, train_items, chat), layers=layers or [6], show_progress=True
+        )
+    rows = sweep_ab(model, tokenizer, items, vector, multipliers, layers, chat, show_progress=True)
+    out = Path(args.out)
+    paths = write_table(rows, out / "sweep") + plot_sweep(rows, out / "sweep")
+    best = max(rows, key=lambda r: r["steerability"])["layer"]
+    best_vector = SteeringVector({best: vector[best]}, site=vector.site)
+    samples = open_ended(
+        model,
+        tokenizer,
+        [i.question for i in items[:2]],
+        best_vector,
+        multipliers,
+        judge=lambda text: float(len(text.split())),
+        max_new_tokens=args.max_new_tokens,
+        chat=chat,
+    )
+    (out / "samples.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
+    for row in rows:
+        print(f"layer {row['layer']:>3}  x{row['multiplier']:+g}  p(matching) {row['p_matching']:.3f}")
+    print(f"most steerable layer: {best}; wrote {', '.join(str(p) for p in paths)}, {out / 'samples.json'}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="steerable", description="Steering vectors for Hugging Face models.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -106,6 +149,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.set_defaults(run=generate)
+    p = commands.add_parser("sweep", help="A/B behaviour over multipliers and layers: table, plots, samples")
+    p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--data", required=True, help="A/B JSON file (CAA format) to evaluate on")
+    p.add_argument("--vector", default=None, help="a vector file; if absent, one is trained with 'mean'")
+    p.add_argument("--train-data", default=None, help="A/B JSON to train on (default: first half of --data)")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: the vector's)")
+    p.add_argument("--multipliers", default="-2,-1,0,1,2", help="comma-separated; write --multipliers=-2,0,2")
+    p.add_argument("--no-chat", action="store_true", help="plain 'Answer: (' prompts, no chat template")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="length of the sample generations")
+    p.add_argument("--out", default="sweep_results")
+    p.set_defaults(run=sweep)
     p = commands.add_parser(
         "bench", help="the overhead benchmark (all its options: steerable bench --help)", add_help=False
     )

@@ -81,3 +81,34 @@ def test_entry_point_is_installed() -> None:
     assert exe.exists()
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "info" in result.stdout and "train" in result.stdout
+
+
+def test_sweep_end_to_end(tiny_dir, tmp_path, capsys) -> None:
+    items = [
+        {
+            "question": f"w{5 + k} w{30 + k} ( A ) w{50 + k} ( B ) w{60 + k}",
+            "answer_matching_behavior": "(A)" if k % 2 else "(B)",
+            "answer_not_matching_behavior": "(B)" if k % 2 else "(A)",
+        }
+        for k in range(6)
+    ]
+    data = tmp_path / "ab.json"
+    data.write_text(json.dumps(items))
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(tiny_dir), "--data", str(data), "--layers", "0,1", "--multipliers=-1,0,1"]
+    assert main([*args, "--out", str(out), "--max-new-tokens", "3"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(r["layer"], r["multiplier"]) for r in rows] == [
+        (0, -1.0),
+        (0, 0.0),
+        (0, 1.0),
+        (1, -1.0),
+        (1, 0.0),
+        (1, 1.0),
+    ]
+    assert all(0.0 <= r["p_matching"] <= 1.0 for r in rows)
+    assert (out / "sweep_curves.png").stat().st_size > 1000 and (out / "sweep_heatmap.png").stat().st_size > 1000
+    assert len(json.loads((out / "samples.json").read_text())) == 2 * 3
+    assert "most steerable layer" in capsys.readouterr().out
+    assert main(["sweep", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.json")]) == 1
+    assert "steerable sweep: error:" in capsys.readouterr().err

@@ -94,12 +94,15 @@ def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
 
 
 def tiny_tokenizer() -> Any:
-    """A word-level tokenizer over VOCAB made-up words ("w3", "w4", ...), built offline."""
+    """A word-level tokenizer over made-up words ("w3" ... "w89") and the few symbols of A/B questions
+    ("(", ")", "A", "B", "Answer", ":"), built offline; punctuation is split off."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    symbols = ["(", ")", "A", "B", "Answer", ":"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB - len(symbols))}}
+    vocab.update({s: VOCAB - len(symbols) + k for k, s in enumerate(symbols)})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
     )

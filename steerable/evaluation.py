@@ -1,0 +1,203 @@
+"""Evaluating steering: CAA-style A/B behaviour questions, open-ended generations (judge and fluency),
+and multiplier/layer sweeps that put many multipliers into one batched forward (one per row).
+
+A/B data (the format of "Steering Llama 2 via Contrastive Activation Addition", arXiv 2312.06681) is a
+JSON list of items ``{"question": "...(A) ...(B) ...", "answer_matching_behavior": "(A)",
+"answer_not_matching_behavior": "(B)"}``. The metric is p(matching letter) / (p(A) + p(B)) at the
+answer-letter position, averaged over items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from steerable.datasets import chat_prompt
+from steerable.training import ContrastivePair
+from steerable.vectors import SteeringVector
+
+
+@dataclass(frozen=True)
+class ABItem:
+    question: str
+    matching: str  # the letter of the answer that matches the behaviour, e.g. "A"
+    not_matching: str
+
+
+def load_ab_dataset(path: str | Path) -> list[ABItem]:
+    """Read an A/B JSON file; a malformed item is an error that names it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of A/B items")
+    items = []
+    for number, item in enumerate(data):
+        keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+        if not isinstance(item, dict) or any(not isinstance(item.get(k), str) for k in keys):
+            raise ValueError(f"{path}: item {number} needs string fields {', '.join(keys)}")
+        letters = [item[k].strip().strip("()").strip() for k in keys[1:]]
+        if any(len(letter) != 1 or not letter.isalpha() for letter in letters) or letters[0] == letters[1]:
+            raise ValueError(
+                f"{path}: item {number} answers must be two different letters like '(A)' and '(B)', "
+                f"got {item[keys[1]]!r} and {item[keys[2]]!r}"
+            )
+        items.append(ABItem(item["question"], letters[0], letters[1]))
+    return items
+
+
+def ab_prompt(tokenizer: Any, question: str, chat: bool = True) -> str:
+    """The text up to the answer letter: the model's next token is the letter."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        return chat_prompt(tokenizer, question) + "("
+    return f"{question}\n\nAnswer: ("
+
+
+def ab_pairs(tokenizer: Any, items: Sequence[ABItem], chat: bool = True) -> list[ContrastivePair]:
+    """Training pairs: prompt + matching letter vs prompt + other letter, read at the letter."""
+    return [
+        ContrastivePair(
+            ab_prompt(tokenizer, i.question, chat) + i.matching, ab_prompt(tokenizer, i.question, chat) + i.not_matching
+        )
+        for i in items
+    ]
+
+
+def _letter_id(tokenizer: Any, prompt: str, letter: str) -> int:
+    with_letter = tokenizer(prompt + letter)["input_ids"]
+    without = tokenizer(prompt)["input_ids"]
+    if len(with_letter) != len(without) + 1 or with_letter[: len(without)] != without:
+        raise ValueError(f"the letter {letter!r} is not one token after the prompt for this tokenizer")
+    return int(with_letter[-1])
+
+
+def ab_scores(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[ABItem],
+    vector: SteeringVector | None = None,
+    multipliers: Sequence[float] = (0.0,),
+    chat: bool = True,
+    batch_size: int = 16,
+    show_progress: bool = False,
+) -> Float[Tensor, "items multipliers"]:
+    """p(matching) / (p(A) + p(B)) for every item at every multiplier. Each (item, multiplier) is one
+    row of a batch, with its own multiplier: a grid costs forwards for its rows, not per multiplier."""
+    prompts = [ab_prompt(tokenizer, i.question, chat) for i in items]
+    letters = [
+        (_letter_id(tokenizer, p, i.matching), _letter_id(tokenizer, p, i.not_matching))
+        for p, i in zip(prompts, items, strict=True)
+    ]
+    rows = [(k, j) for k in range(len(items)) for j in range(len(multipliers))]
+    scores = torch.zeros(len(items), len(multipliers))
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    for start in tqdm(range(0, len(rows), batch_size), desc="A/B evaluation", disable=not show_progress):
+        chunk = rows[start : start + batch_size]
+        ids_list = [tokenizer(prompts[k])["input_ids"] for k, _ in chunk]
+        width = max(len(x) for x in ids_list)
+        ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in ids_list])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids_list])
+        device = next(model.parameters()).device
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        row_multipliers = torch.tensor([float(multipliers[j]) for _, j in chunk])
+        with torch.inference_mode():
+            if vector is None:
+                logits = model(**inputs).logits[:, -1].float()
+            else:
+                with model.steer(vector, row_multipliers):
+                    logits = model(**inputs).logits[:, -1].float()
+        probs = logits.softmax(-1).cpu()
+        for row, (k, j) in enumerate(chunk):
+            match, other = letters[k]
+            scores[k, j] = probs[row, match] / (probs[row, match] + probs[row, other])
+    return scores
+
+
+def steerability(
+    scores: Float[Tensor, "items multipliers"], multipliers: Sequence[float]
+) -> tuple[Float[Tensor, " items"], float]:
+    """Per-item slope of the metric over multipliers (least squares) and the fraction of items whose
+    slope is negative (anti-steerable), as in arXiv 2407.12404."""
+    x = torch.tensor([float(m) for m in multipliers])
+    x = x - x.mean()
+    slopes = ((scores - scores.mean(1, keepdim=True)) * x).sum(1) / (x * x).sum()
+    return slopes, float((slopes < 0).float().mean())
+
+
+# -- open-ended ----------------------------------------------------------------------------------
+def vader_judge() -> Callable[[str], float]:
+    """VADER's compound sentiment score in [-1, 1] (its lexicon ships in the package)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda text: float(analyzer.polarity_scores(text)["compound"])
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of the whitespace tokens (1.0: no repetition)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def perplexity(model: Any, tokenizer: Any, prompt: str, continuation: str) -> float:
+    """Perplexity of ``continuation`` after ``prompt`` under ``model`` as it is (unsteered, if idle)."""
+    start = len(tokenizer(prompt)["input_ids"])
+    ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    if ids.shape[1] <= start:
+        return float("nan")
+    with torch.inference_mode():
+        logprobs = model(ids).logits[0, start - 1 : -1].float().log_softmax(-1)
+    chosen = logprobs.gather(-1, ids[0, start:, None])
+    return float(math.exp(-chosen.mean()))
+
+
+@dataclass
+class Generation:
+    prompt: str
+    multiplier: float
+    text: str
+    judge: float
+    perplexity: float
+    distinct2: float
+
+
+def open_ended(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    vector: SteeringVector,
+    multipliers: Sequence[float],
+    judge: Callable[[str], float] | None = None,
+    max_new_tokens: int = 40,
+    chat: bool = True,
+) -> list[Generation]:
+    """Greedy generations for every prompt at every multiplier (one batched ``generate`` per prompt,
+    one multiplier per row), scored by ``judge`` (default: VADER) and by fluency."""
+    judge = judge or vader_judge()
+    results = []
+    for user in prompts:
+        prompt = chat_prompt(tokenizer, user) if chat else user
+        ids = tokenizer([prompt] * len(multipliers), return_tensors="pt")
+        ids = {k: v.to(next(model.parameters()).device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
+        with torch.inference_mode(), model.steer(vector, torch.tensor([float(m) for m in multipliers])):
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = tokenizer.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        for m, text in zip(multipliers, texts, strict=True):
+            results.append(
+                Generation(
+                    user, float(m), text, judge(text), perplexity(model, tokenizer, prompt, text), distinct_n(text)
+                )
+            )
+    return results
