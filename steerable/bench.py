@@ -522,7 +522,9 @@ def verdicts(suite: dict[str, Any]) -> list[str]:
     if suite["model"] != "tiny":
         every = rows["steerable, all layers"]
         worst = max(v["ratio"] for v in every.values())
-        out.append(f"all layers <= 1.02: {'met' if worst <= 1.02 else 'MISSED'}; {spread(every)}")
+        noisy = all(v["ratio_min"] <= 1.02 for v in every.values())
+        note = "" if worst <= 1.02 else (" (within the trial-to-trial noise)" if noisy else " (above the noise)")
+        out.append(f"all layers <= 1.02: {'met' if worst <= 1.02 else 'MISSED'}{note}; {spread(every)}")
     ours = rows["steerable, all layers"]
     others = {r: rows[r] for r in rows if r.startswith(("forward hooks", "steering-vectors"))}
     if "repeng" in suite and "rows" in suite["repeng"]:
@@ -530,7 +532,11 @@ def verdicts(suite: dict[str, Any]) -> list[str]:
     for other, theirs in others.items():
         slower = [m for m in ours if ours[m]["ratio"] > theirs[m]["ratio"]]
         detail = "; ".join(f"{m}: x{ours[m]['ratio']:.3f} vs x{theirs[m]['ratio']:.3f}" for m in ours)
-        out.append(f"not slower than {other}: {'met' if not slower else 'MISSED on ' + ', '.join(slower)} ({detail})")
+        # a miss whose ratio ranges overlap is a difference the machine's noise can produce
+        noisy = all(ours[m]["ratio_min"] <= theirs[m]["ratio_max"] for m in slower)
+        note = " (within the trial-to-trial noise)" if slower and noisy else ""
+        verdict = "met" if not slower else "MISSED on " + ", ".join(slower) + note
+        out.append(f"not slower than {other}: {verdict} ({detail})")
     for kind, sweep in suite["per_row_sweep"].items():
         s = sweep["speedup"]
         why = ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerable.layers import SteerableLayer
+from steerable.layers import SteerableLayer, Tap
 from steerable.positions import Runtime
 
 
@@ -60,12 +60,11 @@ def record(
     ``positions``: keep only these sequence indices of each forward's input (negative from the end);
     ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
     """
-    from steerable.model import resolve_layers, site_module
+    from steerable.model import resolve_layers
 
     state = model._steerable
     indices = resolve_layers(state, list(layers) if layers is not None else list(range(len(state.layers))))
     recording = Recording([original for original, _ in indices])
-    modules: list[SteerableLayer] = []
     current: dict[int, Tensor] = {}
 
     def make_tap(layer: int, last: bool) -> Any:
@@ -86,19 +85,32 @@ def record(
         return tap
 
     deepest = max(index for _, index in indices)
-    taps = []
     state.runtime.position_users += 1  # recording reports absolute positions
     try:
-        for original, index in indices:
-            module = site_module(state, index, site)
-            tap = make_tap(original, index == deepest)
-            module._steerable_taps = [*module._steerable_taps, tap]
-            modules.append(module)
-            taps.append(tap)
-        yield recording
+        with taps_installed(state, indices, site, lambda layer, index: make_tap(layer, index == deepest)):
+            yield recording
     finally:
         state.runtime.position_users -= 1
-        for module, tap in zip(modules, taps, strict=True):
+
+
+@contextmanager
+def taps_installed(
+    state: Any, layers: Sequence[tuple[int, int]], site: str, make_tap: Callable[[int, int], Tap]
+) -> Iterator[None]:
+    """Install ``make_tap(layer, index)`` at ``site`` of each (layer as given, index) for the block;
+    on exit remove them, and give idle site modules their own class back."""
+    from steerable.model import site_module
+
+    installed: list[tuple[SteerableLayer, Tap]] = []
+    try:
+        for layer, index in layers:
+            module = site_module(state, index, site)
+            tap = make_tap(layer, index)
+            module._steerable_taps = [*module._steerable_taps, tap]
+            installed.append((module, tap))
+        yield
+    finally:
+        for module, tap in installed:
             module._steerable_taps = [t for t in module._steerable_taps if t is not tap]
             state_release(state, module)
 

@@ -57,7 +57,8 @@ def train_steering_vector(
     ``"logistic"`` (see ``steerable.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
     Results do not depend on ``batch_size`` or the tokenizer's padding side.
     """
-    from steerable.model import SteerableModel, resolve_layers, site_module
+    from steerable.model import SteerableModel, resolve_layers
+    from steerable.recording import taps_installed
 
     if not isinstance(model, SteerableModel):
         raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
@@ -101,7 +102,6 @@ def train_steering_vector(
     stored: dict[int, Tensor] = {}  # other methods: [2, n_pairs, d], only the read positions
     deepest = max(index for _, index in resolved)
     progress = show_progress if show_progress is not None else len(jobs) >= 4
-    modules, taps = [], []
     gathered: dict[int, Tensor] = {}
     columns: dict[str, Tensor | None] = {"index": None, "weight": None}
 
@@ -130,51 +130,38 @@ def train_steering_vector(
         except _StopForward:
             pass
 
-    try:
-        for layer, index in resolved:
-            module = site_module(state, index, site)
-            tap = make_tap(layer, index)
-            module._steerable_taps = [*module._steerable_taps, tap]
-            modules.append(module)
-            taps.append(tap)
-        device = next(p for p in net.parameters() if p.device.type != "meta").device
-        with torch.inference_mode():
-            for kind, job in tqdm(jobs, desc="Training steering vector", disable=not progress):
-                if kind == "plain":
-                    rows = job
-                    ids, mask = _pad([token_ids[i] for i in rows], pad_id, left=True)
-                    offsets = [ids.shape[1] - len(token_ids[i]) for i in rows]
-                    run(ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)])
+    device = next(p for p in net.parameters() if p.device.type != "meta").device
+    with taps_installed(state, resolved, site, make_tap), torch.inference_mode():
+        for kind, job in tqdm(jobs, desc="Training steering vector", disable=not progress):
+            if kind == "plain":
+                rows = job
+                ids, mask = _pad([token_ids[i] for i in rows], pad_id, left=True)
+                offsets = [ids.shape[1] - len(token_ids[i]) for i in rows]
+                run(ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)])
+            else:
+                from transformers import DynamicCache
+
+                rows = [i for k in job for i in (2 * k, 2 * k + 1)]
+                prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], pad_id, left=True)
+                cache = DynamicCache(config=net.config)
+                run(prefix_ids, prefix_mask, None, cache)
+                cache.batch_repeat_interleave(2)  # each prefix continues as its positive and its negative
+                suffixes = [token_ids[i][shared[i // 2] :] for i in rows]
+                suffix_ids, suffix_mask = _pad(suffixes, pad_id, left=False)
+                mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
+                run(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
+            kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
+            pair_ids = torch.tensor([i // 2 for i in rows])
+            for layer, _ in resolved:
+                read = gathered.pop(layer).float()
+                if streaming:
+                    kinds_here = kinds.to(read.device)
+                    batch_sum = torch.stack([read[kinds_here == k].double().sum(0) for k in (0, 1)])
+                    sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
                 else:
-                    from transformers import DynamicCache
-
-                    rows = [i for k in job for i in (2 * k, 2 * k + 1)]
-                    prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], pad_id, left=True)
-                    cache = DynamicCache(config=net.config)
-                    run(prefix_ids, prefix_mask, None, cache)
-                    cache.batch_repeat_interleave(2)  # each prefix continues as its positive and its negative
-                    suffixes = [token_ids[i][shared[i // 2] :] for i in rows]
-                    suffix_ids, suffix_mask = _pad(suffixes, pad_id, left=False)
-                    mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
-                    run(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
-                kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
-                pair_ids = torch.tensor([i // 2 for i in rows])
-                for layer, _ in resolved:
-                    read = gathered.pop(layer).float()
-                    if streaming:
-                        kinds_here = kinds.to(read.device)
-                        batch_sum = torch.stack([read[kinds_here == k].double().sum(0) for k in (0, 1)])
-                        sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
-                    else:
-                        if layer not in stored:
-                            stored[layer] = torch.zeros(2, n_pairs, read.shape[-1])
-                        stored[layer][kinds, pair_ids] = read.cpu()
-    finally:
-        from steerable.recording import state_release
-
-        for module, tap in zip(modules, taps, strict=True):
-            module._steerable_taps = [t for t in module._steerable_taps if t is not tap]
-            state_release(state, module)
+                    if layer not in stored:
+                        stored[layer] = torch.zeros(2, n_pairs, read.shape[-1])
+                    stored[layer][kinds, pair_ids] = read.cpu()
 
     vectors: dict[int, Tensor] = {}
     for layer, _ in resolved:
