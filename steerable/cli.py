@@ -75,7 +75,8 @@ def generate(args: argparse.Namespace) -> None:
 
     model, tokenizer = _model(args.model)
     vector = load_any(args.vector)
-    batch = tokenizer([chat_prompt(tokenizer, args.prompt)], return_tensors="pt")
+    encoded = tokenizer([chat_prompt(tokenizer, args.prompt)], return_tensors="pt")
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     outputs = []
     for multiplier in (0.0, args.multiplier):
         with torch.inference_mode(), model.steer(vector, multiplier):

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = sentiment_prompts()[:3]
     rows = [(prompt, m) for prompt in prompts for m in multipliers]
     tokenizer.padding_side = "left"
-    batch = tokenizer([chat_prompt(tokenizer, p) for p, _ in rows], return_tensors="pt", padding=True)
+    encoded = tokenizer([chat_prompt(tokenizer, p) for p, _ in rows], return_tensors="pt", padding=True)
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     with torch.inference_mode(), model.steer(vector, torch.tensor([m for _, m in rows])):
         out = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

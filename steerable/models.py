@@ -78,4 +78,7 @@ def smollm2(dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple[Any, Any
 
     path = smollm2_path()
     model = SteerableModel.from_pretrained(path, dtype=dtype, **kwargs)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # transformers 4 reads no pad token from the GGUF; 5 uses eos
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
