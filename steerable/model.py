@@ -253,6 +253,9 @@ class SteerableModel:
             min_token_index=min_token_index,
             norm_preserving=norm_preserving,
         )
+        if handle._uses_positions:  # registered first, so remove() undoes exactly this on failure
+            state.runtime.position_users += 1
+        state.handles.append(handle)
         try:
             for layer_index, tensors in plan.tensors.items():
                 module = site_module(state, layer_index, vector.site)
@@ -263,9 +266,6 @@ class SteerableModel:
         except BaseException:
             handle.remove()
             raise
-        if handle._uses_positions:
-            state.runtime.position_users += 1
-        state.handles.append(handle)
         return handle
 
 

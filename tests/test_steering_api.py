@@ -164,6 +164,9 @@ def test_site_missing_in_one_layer_rolls_back(pair) -> None:
     del model.model.layers[2].mlp  # a layer without the sub-module: fails after layers 0..1 were steered
     with pytest.raises(ValueError, match="site 'mlp' .* does not exist in decoder layer 2"):
         model.steer(vec((0, 1, 2), site="mlp"))
+    with pytest.raises(ValueError, match="site 'mlp' .* does not exist in decoder layer 2"):
+        model.steer(vec((0, 1, 2), site="mlp"), positions="prompt")
+    assert model._steerable.runtime.position_users == 0
     assert not model.is_steering
     assert not any("steering_" in n for n, _ in model.named_buffers())
     assert all(type(m).__mro__[1].__name__ != type(m).__name__ for m in model.model.layers[0].modules())
