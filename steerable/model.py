@@ -20,7 +20,7 @@ from steerable.architectures import SITES, ArchitectureSpec, get_submodule, reso
 from steerable.layers import LayerSteering, SteerableLayer, make_steerable, restore, with_signature
 from steerable.operators import OPERATORS
 from steerable.positions import PositionMode, Runtime, TokenSelection, past_length
-from steerable.recording import Recording, record, state_release
+from steerable.recording import Recording, record
 from steerable.vectors import SteeringVector
 
 _model_classes: dict[type, type] = {}
@@ -337,17 +337,18 @@ def _plan(
             v = v.reshape(-1, 1, v.shape[-1]) if v.ndim == 2 else v.reshape(1, 1, -1)
             if isinstance(m, Tensor):
                 m = m.reshape(-1, 1, 1)
+        # per-row tensors get one row per batch row, so the layer can check them against the batch
+        fit = (lambda t: t.expand(rows, 1, t.shape[-1]).contiguous()) if per_row else (lambda t: t)
         entry: dict[str, Tensor] = {}
         if operator in ("add", "ablate_then_add"):
-            entry["delta"] = (m * v).expand(rows, 1, -1).contiguous() if per_row and rows else m * v
+            entry["delta"] = fit(m * v)
         if operator != "add":
             norm = v.norm(dim=-1, keepdim=True)
             if bool((norm == 0).any()):
                 raise ValueError(f"layer {layer}: cannot {operator} along a zero vector")
-            entry["unit"] = (v / norm).expand(rows, 1, -1).contiguous() if per_row and rows else v / norm
+            entry["unit"] = fit(v / norm)
         if operator == "clamp":
-            target = m if isinstance(m, Tensor) else torch.tensor(m)
-            entry["target"] = target.expand(rows, 1, 1).contiguous() if per_row and rows else target
+            entry["target"] = fit(m if isinstance(m, Tensor) else torch.tensor(m))
         tensors[index] = entry
     return _Plan(selection, tensors)
 
@@ -386,6 +387,12 @@ def _selection(positions: PositionMode | Tensor, min_token_index: int | None, ro
     if positions not in ("all", "prompt", "generated"):
         raise ValueError(f"unknown positions {positions!r}: use 'all', 'prompt', 'generated' or a boolean mask tensor")
     return TokenSelection(positions, min_token_index, None)
+
+
+def state_release(state: _State, module: SteerableLayer) -> None:
+    """Give a site module its own class back once nothing steers or records there (idle costs nothing)."""
+    if not any(module is layer for layer in state.layers) and module.is_idle:
+        restore(module)
 
 
 def site_module(state: _State, layer_index: int, site: str) -> SteerableLayer:

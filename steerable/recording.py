@@ -99,7 +99,7 @@ def taps_installed(
 ) -> Iterator[None]:
     """Install ``make_tap(layer, index)`` at ``site`` of each (layer as given, index) for the block;
     on exit remove them, and give idle site modules their own class back."""
-    from steerable.model import site_module
+    from steerable.model import site_module, state_release
 
     installed: list[tuple[SteerableLayer, Tap]] = []
     try:
@@ -113,14 +113,6 @@ def taps_installed(
         for module, tap in installed:
             module._steerable_taps = [t for t in module._steerable_taps if t is not tap]
             state_release(state, module)
-
-
-def state_release(state: Any, module: SteerableLayer) -> None:
-    """Give a site module its own class back once nothing steers or records there."""
-    from steerable.layers import restore
-
-    if not any(module is layer for layer in state.layers) and module.is_idle:
-        restore(module)
 
 
 def record_activations(

@@ -21,20 +21,12 @@ _LLAMA_LIKE = dict(
     pad_token_id=0,
 )
 
+_GPT_LIKE = dict(
+    n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=128, bos_token_id=1, eos_token_id=2, pad_token_id=0
+)
+
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gpt2": (
-        "GPT2Config",
-        dict(
-            n_layer=3,
-            n_embd=32,
-            n_head=4,
-            vocab_size=VOCAB,
-            n_positions=128,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-    ),
+    "gpt2": ("GPT2Config", _GPT_LIKE),
     "llama": ("LlamaConfig", _LLAMA_LIKE),
     "mistral": ("MistralConfig", _LLAMA_LIKE),
     "gemma": ("GemmaConfig", dict(_LLAMA_LIKE, head_dim=8)),
@@ -45,20 +37,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3": ("Qwen3Config", dict(_LLAMA_LIKE, head_dim=8)),
     "phi3": ("Phi3Config", _LLAMA_LIKE),
     "olmo2": ("Olmo2Config", _LLAMA_LIKE),
-    "gptj": (
-        "GPTJConfig",
-        dict(
-            n_layer=3,
-            n_embd=32,
-            n_head=4,
-            vocab_size=VOCAB,
-            n_positions=128,
-            rotary_dim=4,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-    ),
+    "gptj": ("GPTJConfig", dict(_GPT_LIKE, rotary_dim=4)),
     "falcon": (
         "FalconConfig",
         dict(
