@@ -1,9 +1,10 @@
 """steerable: steering vectors for Hugging Face transformers, inline in the decoder layers."""
 
 from steerable.architectures import ARCHITECTURES, SITES, ArchitectureSpec, register_architecture
-from steerable.model import SteerableModel, SteeringHandle
-from steerable.operators import OPERATORS
+from steerable.model import SteerableModel
+from steerable.operators import OPERATORS, Operator, register_operator
 from steerable.recording import Recording, record_activations
+from steerable.steering import SteeringHandle
 from steerable.training import ContrastivePair, train_steering_vector
 from steerable.vectors import SteeringVector
 
@@ -15,11 +16,13 @@ __all__ = [
     "SITES",
     "ArchitectureSpec",
     "ContrastivePair",
+    "Operator",
     "Recording",
     "SteerableModel",
     "SteeringHandle",
     "SteeringVector",
     "record_activations",
+    "register_operator",
     "register_architecture",
     "train_steering_vector",
 ]

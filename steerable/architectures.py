@@ -27,6 +27,9 @@ class ArchitectureSpec:
 
     layers: str
     sites: dict[str, str] = field(default_factory=dict)
+    #: whether the decoder stack passes its keyword arguments on to each layer (transformers does for
+    #: most models). Positions then travel with the call, which ``torch.compile`` traces without a break.
+    layer_kwargs: bool = True
 
 
 def _llama_like(layers: str = "model.layers") -> ArchitectureSpec:
@@ -87,6 +90,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "input_norm": "input_layernorm|ln_attn",
             "post_attn_norm": "post_attention_layernorm|ln_mlp",
         },
+        layer_kwargs=False,
     ),
 }
 
@@ -140,7 +144,8 @@ def _auto_detect(model: nn.Module) -> ArchitectureSpec | None:
         found = next((c for c in candidates if isinstance(getattr(first_layer, c, None), nn.Module)), None)
         if found is not None:
             sites[site] = found
-    return ArchitectureSpec(layers_path, sites)
+    # unknown code: positions go through a context variable, which is correct whatever the stack passes
+    return ArchitectureSpec(layers_path, sites, layer_kwargs=False)
 
 
 def _find_layers(model: nn.Module, path: str) -> nn.Module | None:

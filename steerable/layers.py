@@ -1,168 +1,198 @@
-"""Steerable layers: a decoder layer (or one of its sub-modules) whose class is swapped for a
-generated subclass that steers and records its own output.
+"""Steerable layers: a decoder layer (or one of its sub-modules) that steers and records its own output.
 
-Swapping the class, rather than nesting the module in a wrapper or adding forward hooks, keeps every
-parameter name, keeps ``isinstance`` checks true, survives ``torch.compile`` and adds one attribute
-check to an idle forward. Steering tensors are non-persistent buffers, so ``.to()``/``.half()`` and
-``device_map`` move them with the layer and ``state_dict()`` never sees them.
+Each steering occupies a :class:`Slot` of the module: the operator, the names of the buffers that hold
+its prepared tensors, and the index of the token selection it uses. Slots are kept when a steering is
+removed and reused by the next steering of the same kind (same operator, selection kind and shapes),
+so buffer names and the objects ``torch.compile`` guards on stay the same: new steerings, and new
+values, do not recompile. Buffers are non-persistent: ``.to()``/``.half()`` and ``device_map`` move
+them with the layer and ``state_dict()`` never sees them.
 """
 
 from __future__ import annotations
 
-import inspect
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import count
 from typing import Any
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerable.operators import apply_operator
-from steerable.positions import Runtime, TokenSelection
+from steerable.class_swap import posing_subclass, set_class
+from steerable.operators import Add, Operator, for_rows
+from steerable.positions import CURRENT_STEP, STEP_KWARG, StepContext
 
-_buffer_ids = count()
-_classes: dict[tuple[type, type], type] = {}
+Tap = Callable[[Float[Tensor, "batch seq d_model"], StepContext | None], None]
+FAST_ADD, MASKED_ADD, GENERAL = 0, 1, 2
 
 
 @dataclass(eq=False)
-class LayerSteering:
-    """One steering applied to one module; its tensors live in the module's buffers under these names."""
+class Slot:
+    """One steering's place in one module."""
 
-    operator: str
-    selection: TokenSelection
-    norm_preserving: bool
-    delta: str | None = None
-    unit: str | None = None
-    target: str | None = None
-
-    fast_add: bool = False  # set in __post_init__: checked on every forward
-
-    def __post_init__(self) -> None:
-        self.fast_add = self.operator == "add" and not self.norm_preserving and self.selection.everything
-
-
-Tap = Callable[[Float[Tensor, "batch seq d_model"], Runtime], None]
+    operator: Operator
+    selection: int | None  # index of the model's token selection, None for every token
+    names: dict[str, str]  # prepared tensor -> buffer name
+    signature: tuple[Any, ...]
+    kind: int = GENERAL
+    # trainable steerings keep the caller's tensors and prepare them on every forward, so gradients
+    # reach them: (vector [d] or [rows, d], multiplier [] or [rows])
+    live: tuple[Tensor, Tensor] | None = None
+    active: bool = False
 
 
 class SteerableLayer(nn.Module):
     """Mixin placed before the original class in the MRO; ``forward`` post-processes its output."""
 
     _steerable_base: type[nn.Module]
-    _steerable_runtime: Runtime
-    _steerable_ops: list[LayerSteering]
-    _steerable_taps: list[Tap]
+    _steerable_slots: list[Slot]
+    _steerable_ops: tuple[Slot, ...]
+    _steerable_taps: tuple[Tap, ...]
+    _steerable_sites_need_step: bool  # a sub-module of this decoder layer selects tokens or records
+    _steerable_fallback: Callable[[Tensor], StepContext]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        output = super().forward(*args, **kwargs)
+        step = kwargs.pop(STEP_KWARG, None)
+        if step is not None and self._steerable_sites_need_step:  # sub-modules get no keyword arguments
+            token = CURRENT_STEP.set(step)
+            try:
+                output = super().forward(*args, **kwargs)
+            finally:
+                CURRENT_STEP.reset(token)
+        else:
+            output = super().forward(*args, **kwargs)
         if not self._steerable_ops and not self._steerable_taps:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
-        for op in self._steerable_ops:
-            hidden = self._steerable_apply(op, hidden)
-        for tap in self._steerable_taps:
-            tap(hidden, self._steerable_runtime)
+        for slot in self._steerable_ops:
+            if slot.kind == FAST_ADD:  # the common case: add one vector to every token
+                hidden = hidden + self._steerable_tensor(slot.names["delta"], hidden)
+                continue
+            if step is None and slot.selection is not None:
+                step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
+            mask = step.mask(slot.selection, hidden.device) if slot.selection is not None and step else None
+            if slot.kind == MASKED_ADD:
+                delta = self._steerable_tensor(slot.names["delta"], hidden)
+                hidden = torch.where(mask, hidden + delta, hidden) if mask is not None else hidden + delta
+            else:
+                hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden), mask)
+        if self._steerable_taps:
+            if step is None:
+                step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
+            for tap in self._steerable_taps:
+                tap(hidden, step)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def _steerable_apply(
-        self, op: LayerSteering, hidden: Float[Tensor, "batch seq d_model"]
-    ) -> Float[Tensor, "batch seq d_model"]:
-        batch, seq_len = hidden.shape[0], hidden.shape[1]
-        if op.fast_add:  # the common case: add one vector to every token
-            return hidden + self._steerable_tensor(op.delta, hidden)
-        delta, unit, target = (
-            self._steerable_tensor(name, hidden) if name is not None else None
-            for name in (op.delta, op.unit, op.target)
-        )
-        token_mask = self._steerable_runtime.token_mask(op.selection, batch, seq_len, hidden.device)
-        return apply_operator(hidden, op.operator, delta, unit, target, op.norm_preserving, token_mask)
-
-    def _steerable_tensor(self, name: str | None, hidden: Tensor) -> Tensor:
-        tensor = self._buffers[name]  # type: ignore[index]
+    def _steerable_tensor(self, name: str, hidden: Tensor) -> Tensor:
+        tensor = self._buffers[name]
         assert tensor is not None
-        if tensor.ndim == 3 and tensor.shape[0] != hidden.shape[0]:
-            raise ValueError(
-                f"the steering has {tensor.shape[0]} per-row values (multiplier or vectors) but "
-                f"the batch has {hidden.shape[0]} rows: pass one value per row"
-            )
+        check_rows(tensor, hidden)
         if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
             tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
         return tensor
 
-    # -- managing steerings (called by the model) ----------------------------------------------
-    def add_steering(self, op: LayerSteering, tensors: dict[str, Tensor]) -> None:
-        for field_name, tensor in tensors.items():
-            name = f"steering_{next(_buffer_ids)}_{field_name}"
-            self.register_buffer(name, tensor, persistent=False)
-            setattr(op, field_name, name)
-        self._steerable_ops = [*self._steerable_ops, op]
+    def _steerable_tensors(self, slot: Slot, hidden: Tensor) -> dict[str, Tensor]:
+        if slot.live is None:
+            return {field: self._steerable_tensor(name, hidden) for field, name in slot.names.items()}
+        vector, multiplier = for_rows(*slot.live)
+        tensors = slot.operator.prepare(vector.to(hidden), multiplier.to(hidden))
+        for tensor in tensors.values():
+            check_rows(tensor, hidden)
+        return tensors
 
-    def remove_steering(self, op: LayerSteering) -> None:
-        self._steerable_ops = [o for o in self._steerable_ops if o is not op]
-        for name in (op.delta, op.unit, op.target):
-            if name is not None:
-                self._buffers.pop(name, None)
+    # -- slots (managed by steerable.steering) -------------------------------------------------
+    def occupy(
+        self, operator: Operator, selection: int | None, tensors: dict[str, Tensor], live: tuple[Tensor, Tensor] | None
+    ) -> Slot:
+        """Put a steering into a free slot of the same kind, or a new one; returns the slot."""
+        signature = (
+            operator,
+            selection,
+            live is not None,
+            tuple((k, tuple(t.shape), t.dtype) for k, t in tensors.items()),
+        )
+        slot = next((s for s in self._steerable_slots if not s.active and s.signature == signature), None)
+        if slot is None:
+            number = len(self._steerable_slots)
+            names = {field: f"steering_{number}_{field}" for field in tensors}
+            slot = Slot(operator, selection, names, signature)
+            if isinstance(operator, Add) and live is None:
+                slot.kind = FAST_ADD if selection is None else MASKED_ADD
+            self._steerable_slots.append(slot)
+        for field, tensor in tensors.items():
+            self.register_buffer(slot.names[field], tensor, persistent=False)
+        slot.live = live
+        slot.active = True
+        self._steerable_ops = (*self._steerable_ops, slot)
+        return slot
+
+    def vacate(self, slot: Slot) -> None:
+        """Remove a steering; its slot stays, empty, for the next steering of the same kind."""
+        self._steerable_ops = tuple(s for s in self._steerable_ops if s is not slot)
+        slot.active = False
+        slot.live = None
+        for name in slot.names.values():
+            self._buffers.pop(name, None)
 
     @property
     def is_idle(self) -> bool:
         return not self._steerable_ops and not self._steerable_taps
 
+    @property
+    def needs_step(self) -> bool:
+        """Whether this module reads the step context (token selections or recordings)."""
+        return bool(self._steerable_taps) or any(s.selection is not None for s in self._steerable_ops)
 
-def make_steerable(module: nn.Module, runtime: Runtime) -> SteerableLayer:
+
+class InjectingLayer(nn.Module):
+    """For decoder stacks that do not pass keyword arguments on to their layers: the step context is
+    put into the layer's keyword arguments at the call, so gradient checkpointing replays it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if STEP_KWARG not in kwargs:
+            step = CURRENT_STEP.get()
+            if step is not None:
+                kwargs[STEP_KWARG] = step
+        return super().__call__(*args, **kwargs)
+
+
+def check_rows(tensor: Tensor, hidden: Tensor) -> None:
+    if tensor.ndim == 3 and tensor.shape[0] not in (1, hidden.shape[0]):
+        raise ValueError(
+            f"the steering has {tensor.shape[0]} per-row values (multiplier or vectors) but the batch has "
+            f"{hidden.shape[0]} rows: pass one value per row"
+        )
+
+
+def make_steerable(module: nn.Module, fallback: Callable[[Tensor], StepContext], inject: bool = False) -> SteerableLayer:
     """Swap ``module``'s class for its steerable subclass (same name, module and qualname)."""
     if isinstance(module, SteerableLayer):
-        module._steerable_runtime = runtime
+        module._steerable_fallback = fallback
         return module
-    base = type(module)
-    key = (SteerableLayer, base)
-    if key not in _classes:
-        _classes[key] = type(
-            base.__name__,
-            (SteerableLayer, base),
-            {
-                "__module__": base.__module__,
-                "__qualname__": base.__qualname__,
-                "_steerable_base": base,
-                "forward": with_signature(SteerableLayer.forward, base.forward),
-            },
-        )
-    _set_class(module, _classes[key])
+    mixins: tuple[type, ...] = (SteerableLayer, InjectingLayer) if inject else (SteerableLayer,)
+    set_class(module, posing_subclass(mixins, type(module)))
     assert isinstance(module, SteerableLayer)
-    module._steerable_runtime = runtime
-    module._steerable_ops = []
-    module._steerable_taps = []
+    module._steerable_fallback = fallback
+    module._steerable_slots = []
+    module._steerable_ops = ()
+    module._steerable_taps = ()
+    module._steerable_sites_need_step = False
     return module
-
-
-def with_signature(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``method`` presenting ``original``'s signature: transformers inspects ``forward``'s
-    parameters (``position_ids``, ``logits_to_keep``, ...) to decide what to pass. A copy rather than
-    a wrapper, so the per-call cost stays one function call."""
-    function = getattr(method, "__func__", method)
-    clone = types.FunctionType(
-        function.__code__, function.__globals__, function.__name__, function.__defaults__, function.__closure__
-    )
-    clone.__kwdefaults__ = function.__kwdefaults__
-    clone.__doc__ = getattr(original, "__doc__", None)
-    clone.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    return clone
 
 
 def restore(module: nn.Module) -> None:
     """Give ``module`` back its original class, dropping every steering buffer and attribute."""
     if not isinstance(module, SteerableLayer):
         return
-    for op in list(module._steerable_ops):
-        module.remove_steering(op)
-    for attribute in ("_steerable_runtime", "_steerable_ops", "_steerable_taps"):
+    for slot in module._steerable_slots:
+        for name in slot.names.values():
+            module._buffers.pop(name, None)
+    for attribute in (
+        "_steerable_fallback",
+        "_steerable_slots",
+        "_steerable_ops",
+        "_steerable_taps",
+        "_steerable_sites_need_step",
+    ):
         module.__dict__.pop(attribute, None)
-    _set_class(module, module._steerable_base)
-
-
-def _set_class(module: nn.Module, cls: type[nn.Module]) -> None:
-    module.__class__ = cls
-    # accelerate's hooks (device_map, offloading) call a bound `_old_forward` captured when they were
-    # attached; rebind it so the hook calls the forward of the class the module has now.
-    if "_old_forward" in module.__dict__:
-        module.__dict__["_old_forward"] = types.MethodType(cls.forward, module)
+    set_class(module, module._steerable_base)

@@ -1,32 +1,60 @@
-"""Absolute token positions, and which tokens a steering applies to.
+"""Absolute token positions, carried with each forward call, and which tokens a steering selects.
 
 A token's position is its index in its own row counted from the row's first non-padding token, so it
 is the same whether the row is padded left or right, batched or alone, decoded with a KV cache or not.
-The model's forward computes the positions of the tokens it is about to process (from the attention
-mask, else from the cache length) and the layers read them from the :class:`Runtime` they share.
+
+Where the decoder stack is entered (the model's forward, or the inner model's when a trainer calls it
+directly) the positions of the tokens about to be processed are computed once, into a
+:class:`StepContext`, together with the token mask of every active token selection. The context
+travels with the call: as a keyword argument that transformers passes on to every decoder layer (and
+that gradient checkpointing replays with the layer), and, for layers that do not receive keyword
+arguments and for sub-modules, as a context variable (per thread and per asyncio task). Nothing about
+one forward is stored on the model, so forwards in different threads cannot see each other's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from einops import rearrange, repeat
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 PositionMode = Literal["all", "prompt", "generated"]
+STEP_KWARG = "steerable_step"  # the keyword argument decoder layers receive the step context by
+
+#: The step context of the forward running in this thread/task (for layers and sub-modules that get
+#: no keyword argument). A ContextVar rather than model state: concurrent forwards never share it.
+CURRENT_STEP: ContextVar[StepContext | None] = ContextVar("steerable_step", default=None)
+#: Per-row prompt lengths while ``generate`` runs in this thread/task.
+PROMPT_LENGTHS: ContextVar[Tensor | None] = ContextVar("steerable_prompt_lengths", default=None)
 
 
-@dataclass(eq=False, frozen=True)
-class TokenSelection:
-    """Which tokens of each row a steering applies to. All conditions given must hold.
+@dataclass(eq=False)
+class StepContext:
+    """What one forward's layers need to know: absolute positions (-1 for padding), and the tokens each
+    active selection steers (``masks[selection index]``, ``[batch, seq, 1]``)."""
+
+    positions: Int[Tensor, "batch seq"]
+    masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
+
+    def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
+        mask = self.masks[index]
+        return mask if mask.device == device else mask.to(device)  # layers split over devices
+
+
+@dataclass(eq=False)
+class Selection:
+    """Which tokens of each row a steering applies to; all conditions given must hold.
 
     ``mode``: every token, only the prompt, or only generated tokens (the prompt length of each row is
     taken when ``generate`` is called; outside ``generate`` every token counts as prompt).
     ``min_token_index``: only tokens at this absolute position or later.
-    ``mask``: an explicit ``[rows, prompt_len]`` (or ``[prompt_len]``, for every row) boolean mask
-    over absolute positions; positions past its end are not steered.
+    ``mask``: an explicit ``[rows, prompt_len]`` (or ``[prompt_len]``, for every row) boolean mask over
+    absolute positions; positions past its end are not steered.
     """
 
     mode: PositionMode = "all"
@@ -36,6 +64,15 @@ class TokenSelection:
     @property
     def everything(self) -> bool:
         return self.mode == "all" and self.min_token_index is None and self.mask is None
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The selection's values as tensors (stored in stable buffers, so new values never recompile)."""
+        tensors: dict[str, Tensor] = {}
+        if self.min_token_index is not None:
+            tensors["min_index"] = torch.tensor(self.min_token_index, dtype=torch.long)
+        if self.mask is not None:
+            tensors["mask"] = self.mask.detach().clone()
+        return tensors
 
 
 def past_length(cache: Any) -> int:
@@ -53,85 +90,59 @@ def absolute_positions(
     batch: int,
     seq_len: int,
     device: torch.device,
-    attention_mask: Int[Tensor, "batch total"] | None,
-    past: int,
+    attention_mask: Any = None,
+    position_ids: Any = None,
+    cache_position: Any = None,
+    cache: Any = None,
 ) -> Int[Tensor, "batch seq"]:
-    """Positions of the ``seq_len`` tokens being processed; padding tokens get -1."""
-    if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape[-1] >= seq_len:
-        mask = attention_mask[:, -seq_len:].to(device) != 0
-        counted = attention_mask.to(device).long().cumsum(-1)[:, -seq_len:] - 1
-        return counted.masked_fill(~mask, -1).expand(batch, seq_len)
-    return (torch.arange(seq_len, device=device) + past).expand(batch, seq_len)
+    """Positions of the ``seq_len`` tokens being processed.
+
+    From a 2-D attention mask (padding gets -1); else from ``position_ids`` (``generate`` computes them
+    from the mask when it passes a 4-D mask, as with static caches); else the cache length onwards."""
+    if isinstance(attention_mask, Tensor) and attention_mask.ndim == 2 and attention_mask.shape[-1] >= seq_len:
+        mask = attention_mask.to(device)
+        counted = mask.long().cumsum(-1)[:, -seq_len:] - 1
+        return counted.masked_fill(mask[:, -seq_len:] == 0, -1).expand(batch, seq_len)
+    if isinstance(position_ids, Tensor) and position_ids.ndim == 2 and position_ids.shape[-1] == seq_len:
+        return position_ids.to(device).long().expand(batch, seq_len)
+    if isinstance(cache_position, Tensor) and cache_position.ndim == 1 and cache_position.shape[0] == seq_len:
+        return repeat(cache_position.to(device).long(), "seq -> batch seq", batch=batch)
+    start = past_length(cache)
+    return repeat(torch.arange(start, start + seq_len, device=device), "seq -> batch seq", batch=batch)
 
 
-class Runtime:
-    """Per-forward facts that all steerable layers of one model share.
-
-    ``begin`` is called by the model's forward with its inputs; positions and token masks are computed
-    lazily, once per forward, only if a steering or a recording needs them.
-    """
-
-    def __init__(self) -> None:
-        self.position_users = 0  # active steerings/recordings that select tokens
-        self.prompt_lengths: Int[Tensor, " batch"] | None = None  # set while `generate` runs
-        self._inputs: tuple[Tensor | None, int] | None = None
-        self._positions: Tensor | None = None
-        self._masks: dict[int, Tensor] = {}
-
-    def begin(self, attention_mask: Tensor | None, past: int) -> None:
-        self._inputs = (attention_mask, past)
-        self._positions = None
-        self._masks = {}
-
-    def end(self) -> None:
-        self._inputs = None
-        self._positions = None
-        self._masks = {}
-
-    def positions(self, batch: int, seq_len: int, device: torch.device) -> Int[Tensor, "batch seq"]:
-        if self._positions is None or self._positions.shape != (batch, seq_len):
-            attention_mask, past = self._inputs if self._inputs is not None else (None, 0)
-            self._positions = absolute_positions(batch, seq_len, device, attention_mask, past)
-        return self._positions
-
-    def token_mask(
-        self, selection: TokenSelection, batch: int, seq_len: int, device: torch.device
-    ) -> Bool[Tensor, "batch seq"] | None:
-        """Which tokens ``selection`` steers in the current forward, or None for all of them."""
-        if selection.everything:
-            return None
-        key = id(selection)
-        cached = self._masks.get(key)
-        if cached is not None and cached.shape == (batch, seq_len):
-            return cached
-        result = self._compute_mask(selection, batch, seq_len, device)
-        self._masks[key] = result
-        return result
-
-    def _compute_mask(
-        self, selection: TokenSelection, batch: int, seq_len: int, device: torch.device
-    ) -> Bool[Tensor, "batch seq"]:
-        positions = self.positions(batch, seq_len, device)
-        selected = positions >= 0
-        if selection.min_token_index is not None:
-            selected = selected & (positions >= selection.min_token_index)
-        if selection.mode != "all" and self.prompt_lengths is not None:
-            lengths = _rows(self.prompt_lengths.to(device), batch, "prompt lengths")[:, None]
-            selected = selected & (positions >= lengths if selection.mode == "generated" else positions < lengths)
-        elif selection.mode == "generated":
-            selected = torch.zeros_like(selected)  # outside generate, every token is prompt
-        if selection.mask is not None:
-            mask = selection.mask.to(device)
-            mask = _rows(mask, batch, "the token mask") if mask.ndim == 2 else mask.expand(batch, -1)
-            width = mask.shape[-1]
-            inside = positions < width
-            picked = mask.gather(1, positions.clamp(0, max(width - 1, 0)))
-            selected = selected & inside & picked
-        return selected
+def selection_mask(
+    mode: PositionMode,
+    positions: Int[Tensor, "batch seq"],
+    prompt_lengths: Int[Tensor, " rows"] | None,
+    min_index: Int[Tensor, ""] | None,
+    token_mask: Bool[Tensor, "*rows width"] | None,
+) -> Bool[Tensor, "batch seq 1"]:
+    """Which tokens a selection steers in this forward."""
+    batch = positions.shape[0]
+    selected = positions >= 0
+    if min_index is not None:
+        selected = selected & (positions >= min_index.to(positions.device))
+    if mode != "all" and prompt_lengths is not None:
+        lengths = rearrange(rows_for_batch(prompt_lengths.to(positions.device), batch, "prompt lengths"), "b -> b 1")
+        selected = selected & (positions >= lengths if mode == "generated" else positions < lengths)
+    elif mode == "generated":
+        selected = torch.zeros_like(selected)  # outside generate, every token is prompt
+    if token_mask is not None:
+        mask = token_mask.to(positions.device)
+        mask = (
+            rows_for_batch(mask, batch, "the token mask")
+            if mask.ndim == 2
+            else repeat(mask, "width -> batch width", batch=batch)
+        )
+        width = mask.shape[-1]
+        picked = mask.gather(1, positions.clamp(0, width - 1))
+        selected = selected & (positions < width) & picked
+    return rearrange(selected, "batch seq -> batch seq 1")
 
 
-def _rows(tensor: Tensor, batch: int, what: str) -> Tensor:
-    """``tensor`` with one entry per batch row; `generate` may repeat rows (num_return_sequences)."""
+def rows_for_batch(tensor: Tensor, batch: int, what: str) -> Tensor:
+    """``tensor`` with one entry per batch row; ``generate`` repeats rows for ``num_return_sequences``."""
     rows = tensor.shape[0]
     if rows == batch:
         return tensor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -11,7 +12,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerable.layers import SteerableLayer, Tap
-from steerable.positions import Runtime
+from steerable.positions import StepContext
+from steerable.state import ModelState, resolve_layers
+
+#: The tap scopes open in this thread/task: taps ignore forwards run elsewhere.
+_TAP_SCOPES: ContextVar[tuple[object, ...]] = ContextVar("steerable_tap_scopes", default=())
 
 
 class Recording:
@@ -57,25 +62,29 @@ def record(
 ) -> Iterator[Recording]:
     """Record ``site`` activations of ``layers`` (default: all) for every forward inside the block.
 
+    Only forwards run in the thread (or asyncio task) that opened the block are recorded, and a layer
+    re-run by gradient checkpointing is not recorded twice.
     ``positions``: keep only these sequence indices of each forward's input (negative from the end);
     ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
     """
-    from steerable.model import resolve_layers
-
-    state = model._steerable
+    state: ModelState = model._steerable
     indices = resolve_layers(state, list(layers) if layers is not None else list(range(len(state.layers))))
     recording = Recording([original for original, _ in indices])
     current: dict[int, Tensor] = {}
+    seen: dict[int, StepContext | None] = {}
 
-    def make_tap(layer: int, last: bool) -> Any:
-        def tap(hidden: Tensor, runtime: Runtime) -> None:
+    def make_tap(layer: int, last: bool) -> Tap:
+        def tap(hidden: Tensor, step: StepContext | None) -> None:
+            if step is not None and seen.get(layer) is step:
+                return  # the same forward again: a checkpointed layer being recomputed
+            seen[layer] = step
             kept = hidden.detach()
             if positions is not None:
                 kept = kept[:, list(positions)]
             current[layer] = kept.cpu() if to_cpu else kept
             if last:  # the deepest recorded layer ends one forward step
-                batch, seq = hidden.shape[0], hidden.shape[1]
-                step_positions = runtime.positions(batch, seq, hidden.device)
+                assert step is not None
+                step_positions = step.positions
                 if positions is not None:
                     step_positions = step_positions[:, list(positions)]
                 recording.positions.append(step_positions.cpu() if to_cpu else step_positions)
@@ -85,34 +94,49 @@ def record(
         return tap
 
     deepest = max(index for _, index in indices)
-    state.runtime.position_users += 1  # recording reports absolute positions
+    with state.lock:
+        state.recordings += 1  # recording reports absolute positions: the stack computes them
     try:
         with taps_installed(state, indices, site, lambda layer, index: make_tap(layer, index == deepest)):
             yield recording
     finally:
-        state.runtime.position_users -= 1
+        with state.lock:
+            state.recordings -= 1
 
 
 @contextmanager
 def taps_installed(
-    state: Any, layers: Sequence[tuple[int, int]], site: str, make_tap: Callable[[int, int], Tap]
+    state: ModelState, layers: Sequence[tuple[int, int]], site: str, make_tap: Callable[[int, int], Tap]
 ) -> Iterator[None]:
     """Install ``make_tap(layer, index)`` at ``site`` of each (layer as given, index) for the block;
-    on exit remove them, and give idle site modules their own class back."""
-    from steerable.model import site_module, state_release
-
+    on exit remove them, and give idle site modules their own class back. The taps see only forwards
+    run in this thread or asyncio task."""
+    scope = object()
     installed: list[tuple[SteerableLayer, Tap]] = []
+
+    def scoped(tap: Tap) -> Tap:
+        def in_scope(hidden: Tensor, step: StepContext | None) -> None:
+            if scope in _TAP_SCOPES.get():
+                tap(hidden, step)
+
+        return in_scope
+
+    token = _TAP_SCOPES.set((*_TAP_SCOPES.get(), scope))
     try:
-        for layer, index in layers:
-            module = site_module(state, index, site)
-            tap = make_tap(layer, index)
-            module._steerable_taps = [*module._steerable_taps, tap]
-            installed.append((module, tap))
+        with state.lock:
+            for layer, index in layers:
+                module = state.site_module(index, site)
+                tap = scoped(make_tap(layer, index))
+                module._steerable_taps = (*module._steerable_taps, tap)
+                installed.append((module, tap))
+                state.refresh(module)
         yield
     finally:
-        for module, tap in installed:
-            module._steerable_taps = [t for t in module._steerable_taps if t is not tap]
-            state_release(state, module)
+        _TAP_SCOPES.reset(token)
+        with state.lock:
+            for module, tap in installed:
+                module._steerable_taps = tuple(t for t in module._steerable_taps if t is not tap)
+                state.refresh(module)
 
 
 def record_activations(

@@ -57,8 +57,9 @@ def train_steering_vector(
     ``"logistic"`` (see ``steerable.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
     Results do not depend on ``batch_size`` or the tokenizer's padding side.
     """
-    from steerable.model import SteerableModel, resolve_layers
+    from steerable.model import SteerableModel
     from steerable.recording import taps_installed
+    from steerable.state import resolve_layers
 
     if not isinstance(model, SteerableModel):
         raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
@@ -106,7 +107,7 @@ def train_steering_vector(
     columns: dict[str, Tensor | None] = {"index": None, "weight": None}
 
     def make_tap(layer: int, index: int) -> Callable[[Tensor, Any], None]:
-        def tap(hidden: Tensor, _runtime: Any) -> None:
+        def tap(hidden: Tensor, _step: Any) -> None:
             if columns["index"] is not None:  # None while a shared prefix runs: nothing to read there
                 assert columns["weight"] is not None
                 gathered[layer] = _read(hidden, columns["index"], columns["weight"])

@@ -221,7 +221,7 @@ def test_state_is_restored_after_an_exception_and_contexts_unwind_in_order(arch:
             both = model(ids).logits
         assert torch.equal(model(ids).logits, only_a)
     assert torch.equal(model(ids).logits, idle)
-    assert model._steerable.runtime.position_users == 0
+    assert model._steerable.selections == () and model._steerable.recordings == 0
     with model.steer(a + 2.0 * b, 1.0):
         combined = model(ids).logits
     torch.testing.assert_close(both, combined, rtol=0, atol=1e-5)

@@ -60,13 +60,9 @@ def test_ablate_removes_the_component(pair) -> None:
     v = vec((1,))
     seen = {}
 
-    def tap(h, _runtime):
-        seen["h"] = h
-
-    model.steerable_layers[1]._steerable_taps.append(tap)
-    with model.steer(v, operator="ablate"):
+    with model.steer(v, operator="ablate"), model.record(layers=[1]) as acts:
         model(IDS)
-    model.steerable_layers[1]._steerable_taps.clear()
+    seen["h"] = acts[1]
     torch.testing.assert_close(seen["h"] @ unit(v[1]), torch.zeros(1, IDS.shape[1]), rtol=0, atol=1e-5)
 
 
@@ -115,7 +111,7 @@ def test_negative_layer_indices_count_from_the_end(pair) -> None:
 def assert_untouched(model, vanilla) -> None:
     assert not model.is_steering
     assert not any("steering_" in n for n, _ in model.named_buffers())
-    assert model._steerable.runtime.position_users == 0
+    assert model._steerable.selections == () and model._steerable.recordings == 0
     assert torch.equal(model(IDS).logits, vanilla(IDS).logits)
 
 
@@ -166,7 +162,7 @@ def test_site_missing_in_one_layer_rolls_back(pair) -> None:
         model.steer(vec((0, 1, 2), site="mlp"))
     with pytest.raises(ValueError, match="site 'mlp' .* does not exist in decoder layer 2"):
         model.steer(vec((0, 1, 2), site="mlp"), positions="prompt")
-    assert model._steerable.runtime.position_users == 0
+    assert model._steerable.selections == () and model._steerable.recordings == 0
     assert not model.is_steering
     assert not any("steering_" in n for n, _ in model.named_buffers())
     assert all(type(m).__mro__[1].__name__ != type(m).__name__ for m in model.model.layers[0].modules())

@@ -1,0 +1,48 @@
+"""The decoder stack: the module that runs the decoder layers (``LlamaModel``, ``GPT2Model``, ...).
+
+Every forward passes through it, whether it comes from the top-level model, from ``generate``, or from
+a trainer that calls the inner model directly. It is where a forward's step context (positions and
+token masks) is made, once, and handed to the layers with the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from steerable.positions import CURRENT_STEP, STEP_KWARG
+from steerable.state import ModelState  # at run time: transformers evaluates the annotations
+
+
+class SteerableStack(nn.Module):
+    """Mixin placed before the decoder stack's class in the MRO."""
+
+    _steerable_state: ModelState
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        state = self._steerable_state
+        if not state.selections and not state.recordings:
+            return super().forward(*args, **kwargs)
+        inputs = dict(zip(state.stack_arg_names, args, strict=False)) | kwargs
+        first = next(
+            (t for t in (inputs.get("input_ids"), inputs.get("inputs_embeds")) if isinstance(t, Tensor)), None
+        )
+        if first is None:
+            return super().forward(*args, **kwargs)
+        step = state.step(first.shape[0], first.shape[1], first.device, inputs)
+        if state.kwargs_reach_layers:  # with the call: thread-safe, replayed by checkpointing, compiles
+            return super().forward(*args, **kwargs, **{STEP_KWARG: step})
+        token = CURRENT_STEP.set(step)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            CURRENT_STEP.reset(token)
+
+
+def stack_of(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
+    """The module whose direct child is the decoder layer list."""
+    for module in model.modules():
+        if any(child is layers for child in module.children()):
+            return module
+    raise ValueError("could not find the module that holds the decoder layers")

@@ -1,0 +1,166 @@
+"""What a steerable model keeps: its layers, its decoder stack, the applied steerings and the token
+selections they use. Nothing here describes one forward call (that travels with the call, see
+``steerable.positions``); this is changed only by ``steer``, ``remove`` and ``record``, under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from steerable.architectures import ArchitectureSpec, get_submodule
+from steerable.layers import SteerableLayer, make_steerable, restore
+from steerable.positions import (
+    PROMPT_LENGTHS,
+    Selection,
+    StepContext,
+    absolute_positions,
+    selection_mask,
+)
+
+if TYPE_CHECKING:
+    from steerable.steering import SteeringHandle
+
+
+@dataclass(eq=False)
+class SelectionSlot:
+    """A token selection in use, stored in buffers of the decoder stack; reused like layer slots."""
+
+    index: int
+    mode: str
+    names: dict[str, str]
+    signature: tuple[Any, ...]
+    active: bool = False
+
+
+@dataclass(eq=False)
+class ModelState:
+    spec: ArchitectureSpec
+    layers: nn.ModuleList
+    stack: nn.Module  # the module that runs the decoder layers: where positions are computed
+    hidden_size: int | None
+    kwargs_reach_layers: bool  # the stack passes keyword arguments on to its layers
+    stack_arg_names: tuple[str, ...]
+    handles: list[SteeringHandle] = field(default_factory=list)
+    selection_slots: list[SelectionSlot] = field(default_factory=list)
+    selections: tuple[SelectionSlot, ...] = ()  # active, read on every forward
+    recordings: int = 0  # active record blocks: they report positions
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- token selections ----------------------------------------------------------------------
+    def occupy_selection(self, selection: Selection) -> int:
+        tensors = selection.tensors()
+        signature = (selection.mode, tuple((k, tuple(t.shape)) for k, t in tensors.items()))
+        slot = next((s for s in self.selection_slots if not s.active and s.signature == signature), None)
+        if slot is None:
+            number = len(self.selection_slots)
+            slot = SelectionSlot(number, selection.mode, {k: f"steering_selection_{number}_{k}" for k in tensors}, signature)
+            self.selection_slots.append(slot)
+        device = _reference_device(self.stack)
+        for key, tensor in tensors.items():
+            self.stack.register_buffer(slot.names[key], tensor.to(device), persistent=False)
+        slot.active = True
+        self.selections = (*self.selections, slot)
+        return slot.index
+
+    def vacate_selection(self, index: int) -> None:
+        slot = self.selection_slots[index]
+        slot.active = False
+        self.selections = tuple(s for s in self.selections if s is not slot)
+        for name in slot.names.values():
+            self.stack._buffers.pop(name, None)
+
+    # -- the step context ----------------------------------------------------------------------
+    def step(self, batch: int, seq_len: int, device: torch.device, inputs: dict[str, Any]) -> StepContext:
+        """Positions of this forward's tokens and the mask of every active selection."""
+        cache = inputs.get("cache", inputs.get("past_key_values"))
+        positions = absolute_positions(
+            batch,
+            seq_len,
+            device,
+            inputs.get("attention_mask"),
+            inputs.get("position_ids"),
+            inputs.get("cache_position"),
+            cache,
+        )
+        context = StepContext(positions)
+        if self.selections:
+            buffers = self.stack._buffers
+            needs_lengths = any(s.mode != "all" for s in self.selections)
+            lengths = PROMPT_LENGTHS.get() if needs_lengths else None
+            for slot in self.selections:
+                min_index, mask = (buffers.get(slot.names[k]) if k in slot.names else None for k in ("min_index", "mask"))
+                context.masks[slot.index] = selection_mask(slot.mode, positions, lengths, min_index, mask)  # type: ignore[arg-type]
+        return context
+
+    def fallback_step(self, hidden: Tensor) -> StepContext:
+        """For a layer run without its decoder stack: positions count from 0, no padding is known."""
+        return self.step(hidden.shape[0], hidden.shape[1], hidden.device, {})
+
+    # -- sites ---------------------------------------------------------------------------------
+    def site_module(self, layer_index: int, site: str) -> SteerableLayer:
+        """The steerable module of ``site`` in decoder layer ``layer_index`` (swapped in on first use)."""
+        layer = self.layers[layer_index]
+        if site == "block":
+            assert isinstance(layer, SteerableLayer)
+            return layer
+        if site not in self.spec.sites:
+            available = ", ".join(["block", *self.spec.sites])
+            raise ValueError(f"site {site!r} is not available for this architecture; available: {available}")
+        module = get_submodule(layer, self.spec.sites[site])
+        if module is None:
+            raise ValueError(
+                f"site {site!r} ({self.spec.sites[site]}) does not exist in decoder layer {layer_index} of this model"
+            )
+        return make_steerable(module, self.fallback_step)
+
+    def refresh(self, module: SteerableLayer) -> None:
+        """After a change at ``module``: give an idle site module its own class back (idle costs
+        nothing), and tell its decoder layer whether a sub-module now reads the step context."""
+        for layer in self.layers:
+            if module is layer:
+                return
+            if any(m is module for m in layer.modules()):
+                if module.is_idle:
+                    restore(module)
+                assert isinstance(layer, SteerableLayer)
+                layer._steerable_sites_need_step = any(
+                    isinstance(m, SteerableLayer) and m is not layer and m.needs_step for m in layer.modules()
+                )
+                return
+
+
+def resolve_layers(state: ModelState, layers: list[int]) -> list[tuple[int, int]]:
+    """(as given, index into the layer list) for each layer; negative indices count from the end."""
+    n_layers = len(state.layers)
+    resolved: list[tuple[int, int]] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+            raise IndexError(
+                f"layer {layer} is out of range: the model has {n_layers} decoder layers "
+                f"(use 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
+            )
+        index = layer % n_layers
+        if any(index == seen for _, seen in resolved):
+            raise ValueError(f"layer {layer} and layer {index} name the same decoder layer; give it once")
+        resolved.append((layer, index))
+    return resolved
+
+
+def reference_tensor(module: nn.Module) -> Tensor:
+    """A floating-point parameter or buffer of ``module``: its device and dtype are the layer's.
+
+    Offloaded weights (accelerate) sit on the meta device; then the steering stays in fp32 on the
+    CPU and the forward moves it to wherever the hidden states are."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            return tensor
+    return torch.empty(0)
+
+
+def _reference_device(module: nn.Module) -> torch.device:
+    return reference_tensor(module).device

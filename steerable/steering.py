@@ -1,0 +1,238 @@
+"""Applying a steering: validation, the tensors each layer gets, and the handle that removes it.
+
+Everything is validated and computed before the model is touched, so a bad steering raises and leaves
+the model as it was. Values are copied on the way in (changing the caller's tensors afterwards changes
+nothing), except for tensors that require grad: those are kept, and prepared on every forward, so a
+learned vector (an ``nn.Parameter``) receives gradients through the steering.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerable.architectures import SITES
+from steerable.layers import SteerableLayer, Slot
+from steerable.operators import Operator, for_rows, resolve_operator
+from steerable.positions import PositionMode, Selection
+from steerable.state import ModelState, reference_tensor, resolve_layers
+from steerable.vectors import SteeringVector
+
+Multiplier = float | Tensor
+
+
+@dataclass
+class Plan:
+    operator: Operator
+    selection: Selection
+    rows: int | None
+    # decoder layer index -> (prepared tensors in fp32, the live (vector, multiplier) when trainable)
+    layers: dict[int, tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]]
+
+
+class SteeringHandle:
+    """An applied steering. ``remove()`` undoes it; as a context manager it is removed on exit."""
+
+    def __init__(self, state: ModelState, args: dict[str, Any]) -> None:
+        self._state = state
+        self._args = args
+        self._applied: list[tuple[SteerableLayer, Slot]] = []
+        self._selection: int | None = None
+        self.active = True
+
+    def remove(self) -> None:
+        state = self._state
+        with state.lock:
+            if not self.active:
+                return
+            self.active = False
+            for module, slot in reversed(self._applied):
+                module.vacate(slot)
+                state.refresh(module)
+            if self._selection is not None:
+                state.vacate_selection(self._selection)
+            state.handles = [h for h in state.handles if h is not self]
+
+    def update(self, multiplier: Multiplier | None = None, vector: SteeringVector | None = None) -> None:
+        """Change the multiplier and/or the vector's values in place.
+
+        Shapes, layers, site and operator stay the same. The steering buffers keep their identity, so
+        a ``torch.compile``d model does not recompile."""
+        if not self.active:
+            raise RuntimeError("this steering was removed; apply a new one with model.steer(...)")
+        vector = vector if vector is not None else self._args["vector"]
+        multiplier = multiplier if multiplier is not None else self._args["multiplier"]
+        old = self._args["vector"]
+        if not isinstance(vector, SteeringVector) or vector.layers != old.layers or vector.site != old.site:
+            raise ValueError("update keeps the layers and site: apply a new steering for other layers or sites")
+        args = {**self._args, "vector": vector, "multiplier": multiplier}
+        plan = make_plan(self._state, **args)
+        pending: list[tuple[Tensor, Tensor]] = []
+        for (module, slot), (index, (tensors, live)) in zip(self._applied, plan.layers.items(), strict=True):
+            if (live is None) != (slot.live is None):
+                raise ValueError("update cannot switch between trainable and fixed tensors: apply a new steering")
+            for name, tensor in tensors.items():
+                buffer = module._buffers[slot.names[name]]
+                assert buffer is not None
+                if buffer.shape != tensor.shape:
+                    raise ValueError(
+                        f"layer {index}: the new {name} has shape {list(tensor.shape)}, the steering "
+                        f"{list(buffer.shape)}; per-row sizes must stay the same"
+                    )
+                pending.append((buffer, _cast(tensor, buffer, index)))
+        with self._state.lock, torch.no_grad():
+            for buffer, tensor in pending:
+                buffer.copy_(tensor)
+            for (_, slot), (_, live) in zip(self._applied, plan.layers.values(), strict=True):
+                slot.live = live
+        self._args = args
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def steer(state: ModelState, model_type: str | None, **args: Any) -> SteeringHandle:
+    """Validate, then apply a steering to the model's layers; see ``SteerableModel.steer``."""
+    plan = make_plan(state, **args)
+    warn_model_mismatch(args["vector"], model_type)
+    handle = SteeringHandle(state, args)
+    site = args["vector"].site
+    with state.lock:
+        state.handles.append(handle)
+        try:
+            if not plan.selection.everything:
+                handle._selection = state.occupy_selection(plan.selection)
+            for index, (tensors, live) in plan.layers.items():
+                module = state.site_module(index, site)
+                reference = reference_tensor(module)
+                device = reference.device
+                dtype = reference.dtype if reference.numel() else torch.float32
+                cast = {name: _cast(t, torch.empty(0, dtype=dtype, device=device), index) for name, t in tensors.items()}
+                slot = module.occupy(plan.operator, handle._selection, cast, live)
+                handle._applied.append((module, slot))
+                state.refresh(module)
+        except BaseException:
+            handle.remove()
+            raise
+    return handle
+
+
+def make_plan(
+    state: ModelState,
+    vector: SteeringVector,
+    multiplier: Multiplier,
+    operator: Any,
+    positions: PositionMode | Tensor,
+    min_token_index: int | None,
+    norm_preserving: bool,
+) -> Plan:
+    """Validate everything and compute every tensor before the model is touched."""
+    if not isinstance(vector, SteeringVector):
+        raise TypeError(f"expected a SteeringVector, got {type(vector).__name__}")
+    op = resolve_operator(operator, norm_preserving)
+    if vector.site not in SITES:
+        raise ValueError(f"unknown site {vector.site!r}: use one of {', '.join(SITES)}")
+    if vector.site != "block" and vector.site not in state.spec.sites:
+        available = ", ".join(["block", *state.spec.sites])
+        raise ValueError(f"site {vector.site!r} is not available for this architecture; available: {available}")
+    if state.hidden_size is not None and vector.hidden_size != state.hidden_size:
+        raise ValueError(
+            f"the steering vector has hidden size {vector.hidden_size} but the model's is "
+            f"{state.hidden_size}: it was trained for a different model"
+        )
+    layer_indices = dict(resolve_layers(state, vector.layers))
+    m, rows = _multiplier(multiplier, vector.rows)
+    selection = _selection(positions, min_token_index, rows)
+    trainable = m.requires_grad or any(vector[layer].requires_grad for layer in layer_indices)
+
+    layers: dict[int, tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]] = {}
+    for layer, index in layer_indices.items():
+        v = vector[layer]
+        if not bool(torch.isfinite(v.detach()).all()):
+            raise ValueError(f"layer {layer}: the vector has non-finite values (nan or inf)")
+        v_rows, m_rows = for_rows(v.detach().float(), m.detach().float().to(v.device))
+        try:
+            tensors = op.prepare(v_rows, m_rows)
+        except ValueError as error:
+            raise ValueError(f"layer {layer}: {error}") from None
+        for name, tensor in tensors.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"layer {layer}: multiplier x vector overflows ({name} has inf or nan); use a smaller multiplier"
+                )
+        layers[index] = (tensors, (v, m) if trainable else None)
+    return Plan(op, selection, rows, layers)
+
+
+def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int | None]:
+    """The multiplier as a tensor (0-d, or one value per row) and the number of rows, validated."""
+    if isinstance(multiplier, Tensor):
+        if multiplier.dtype == torch.bool or not (multiplier.is_floating_point() or multiplier.dtype.is_signed):
+            raise TypeError(f"a multiplier tensor must hold numbers, got {multiplier.dtype}")
+        if multiplier.ndim > 1 or (multiplier.ndim == 1 and multiplier.numel() == 0):
+            raise ValueError(
+                f"a multiplier tensor must be 1-D with one value per batch row, or 0-d; got shape {list(multiplier.shape)}"
+            )
+        if not bool(torch.isfinite(multiplier.detach()).all()):
+            raise ValueError("the multiplier has non-finite values (nan or inf)")
+        m = multiplier if multiplier.requires_grad else multiplier.detach().float().clone()
+    elif isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real):
+        raise TypeError(f"multiplier must be a number or a 1-D tensor, got {type(multiplier).__name__}")
+    else:
+        if not torch.isfinite(torch.tensor(float(multiplier))):
+            raise ValueError(f"the multiplier must be finite, got {multiplier}")
+        m = torch.tensor(float(multiplier))
+    rows = vector_rows
+    if m.ndim == 1:
+        if rows is not None and m.shape[0] != rows:
+            raise ValueError(f"the multiplier has {m.shape[0]} rows but the vector has {rows}: they must match")
+        rows = m.shape[0]
+    return m, rows
+
+
+def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> Selection:
+    if min_token_index is not None and (
+        isinstance(min_token_index, bool) or not isinstance(min_token_index, int) or min_token_index < 0
+    ):
+        raise ValueError(f"min_token_index must be an int >= 0, got {min_token_index!r}")
+    if isinstance(positions, Tensor):
+        if positions.dtype != torch.bool or positions.ndim not in (1, 2) or positions.shape[-1] == 0:
+            raise ValueError(
+                "a token mask must be a non-empty boolean tensor of shape [rows, prompt_len] or "
+                f"[prompt_len], got {positions.dtype} of shape {list(positions.shape)}"
+            )
+        if positions.device.type == "meta":
+            raise ValueError("the token mask is on the meta device: give a mask with values")
+        if positions.ndim == 2 and rows is not None and positions.shape[0] != rows:
+            raise ValueError(f"the token mask has {positions.shape[0]} rows but the steering has {rows}")
+        return Selection("all", min_token_index, positions.detach().clone())
+    if positions not in ("all", "prompt", "generated"):
+        raise ValueError(f"unknown positions {positions!r}: use 'all', 'prompt', 'generated' or a boolean mask tensor")
+    return Selection(positions, min_token_index, None)
+
+
+def _cast(tensor: Tensor, like: Tensor, layer: int) -> Tensor:
+    """``tensor`` in ``like``'s dtype and device; an error if the cast overflows (e.g. to fp16)."""
+    cast = tensor.to(like.device, like.dtype)
+    if cast.is_floating_point() and not bool(torch.isfinite(cast).all()):
+        raise ValueError(
+            f"layer {layer}: the steering overflows the layer's {like.dtype}; use a smaller multiplier or vector"
+        )
+    return cast
+
+
+def warn_model_mismatch(vector: SteeringVector, model_type: str | None) -> None:
+    if vector.model_type and model_type and vector.model_type != model_type:
+        warnings.warn(
+            f"this steering vector was trained on a {vector.model_type!r} model and is applied to a "
+            f"{model_type!r} model",
+            stacklevel=4,
+        )
