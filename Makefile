@@ -20,7 +20,7 @@ $(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-tran
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/python -m steerable.demo
+	$(VENV)/bin/python examples/demo.py
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
@@ -29,8 +29,8 @@ test-transformers4: $(VENV4)/.installed
 	$(VENV4)/bin/python -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check steerable tests benchmarks
-	$(VENV)/bin/ruff format --check steerable tests benchmarks
+	$(VENV)/bin/ruff check steerable tests benchmarks examples
+	$(VENV)/bin/ruff format --check steerable tests benchmarks examples
 	$(VENV)/bin/mypy steerable
 
 clean:

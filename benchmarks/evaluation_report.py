@@ -21,7 +21,7 @@ from pathlib import Path
 from steerable import SteeringVector, train_steering_vector
 from steerable.datasets import sentiment_pairs, sentiment_prompts
 from steerable.evaluation import ab_pairs, ab_scores, load_ab_dataset, open_ended
-from steerable.models import smollm2
+from steerable.offline import smollm2
 from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
 
 CAA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caa"

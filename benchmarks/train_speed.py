@@ -21,7 +21,7 @@ import transformers
 
 from steerable import train_steering_vector
 from steerable.datasets import chat_prompt
-from steerable.models import smollm2, smollm2_path
+from steerable.offline import smollm2, smollm2_path
 
 DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "caa" / "generate" / "refusal" / "generate_dataset.json"

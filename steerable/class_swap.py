@@ -51,7 +51,7 @@ def with_signature(method: Callable[..., Any], original: Callable[..., Any]) -> 
     return clone
 
 
-def set_class(module: nn.Module, cls: type) -> None:
+def set_class(module: nn.Module, cls: type[nn.Module]) -> None:
     module.__class__ = cls
     # accelerate's hooks (device_map, offloading) call a bound `_old_forward` captured when they were
     # attached; rebind it so the hook calls the forward of the class the module has now.
@@ -59,5 +59,5 @@ def set_class(module: nn.Module, cls: type) -> None:
         module.__dict__["_old_forward"] = types.MethodType(cls.forward, module)
 
 
-def original_class(module: nn.Module) -> type:
+def original_class(module: nn.Module) -> type[nn.Module]:
     return getattr(type(module), "_steerable_base", type(module))

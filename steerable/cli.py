@@ -36,7 +36,7 @@ def _model(name: str | None):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     from steerable.model import SteerableModel
-    from steerable.models import smollm2
+    from steerable.offline import smollm2
 
     if name is None:
         return smollm2()
@@ -172,8 +172,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: every option passes through
-        from steerable.bench import main as bench
-
+        try:
+            from benchmarks.overhead import main as bench
+        except ImportError:
+            print(
+                "steerable bench: error: the benchmarks live in the repository, not the installed package; "
+                "run this from a checkout of steerable (python -m benchmarks.overhead)",
+                file=sys.stderr,
+            )
+            return 2
         return bench(argv[1:])
     args = parser().parse_args(argv)
     try:

@@ -63,6 +63,10 @@ class SteerableLayer(nn.Module):
             output = super().forward(*args, **kwargs)
         if not self._steerable_ops and not self._steerable_taps:
             return output
+        return self._steerable_output(output, step)
+
+    def _steerable_output(self, output: Any, step: StepContext | None) -> Any:
+        """Steer the layer's output, then show it to the taps."""
         hidden = output[0] if isinstance(output, tuple) else output
         for slot in self._steerable_ops:
             if slot.kind == FAST_ADD:  # the common case: add one vector to every token
@@ -164,7 +168,9 @@ def check_rows(tensor: Tensor, hidden: Tensor) -> None:
         )
 
 
-def make_steerable(module: nn.Module, fallback: Callable[[Tensor], StepContext], inject: bool = False) -> SteerableLayer:
+def make_steerable(
+    module: nn.Module, fallback: Callable[[Tensor], StepContext], inject: bool = False
+) -> SteerableLayer:
     """Swap ``module``'s class for its steerable subclass (same name, module and qualname)."""
     if isinstance(module, SteerableLayer):
         module._steerable_fallback = fallback

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from steerable.architectures import ArchitectureSpec, get_submodule, resolve_architecture
 from steerable.class_swap import original_class, posing_subclass, set_class
 from steerable.layers import make_steerable, restore
-from steerable.positions import PROMPT_LENGTHS, PositionMode
+from steerable.positions import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.recording import Recording, record
 from steerable.stack import SteerableStack, stack_of
 from steerable.state import ModelState
@@ -73,6 +73,8 @@ class SteerableModel:
             reach,
             tuple(list(stack_forward.parameters)[1:]),
         )
+        top_forward = inspect.signature(type(model).forward).parameters.values()
+        state.forward_kwargs = any(p.kind is p.VAR_KEYWORD for p in top_forward)
         for layer in layers:
             make_steerable(layer, state.fallback_step, inject=not reach)
         set_class(stack, posing_subclass((SteerableStack,), type(stack)))
@@ -98,7 +100,7 @@ class SteerableModel:
         state.stack.__dict__.pop("_steerable_state", None)
         set_class(state.stack, original_class(state.stack))
         del model.__dict__["_steerable"]
-        model.__class__ = original_class(model)
+        model.__class__ = original_class(model)  # type: ignore[assignment]
         return model
 
     # -- properties ------------------------------------------------------------------------------
@@ -129,11 +131,26 @@ class SteerableModel:
                 lengths = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
         elif isinstance(embeds, Tensor):
             lengths = torch.full((embeds.shape[0],), embeds.shape[1], device=embeds.device)
-        token = PROMPT_LENGTHS.set(lengths)  # per thread/task: concurrent generate calls stay apart
+        state = self._steerable
+        # The prompt lengths go with every forward call of this generate: as a model keyword argument
+        # (which transformers passes down to the decoder stack, and torch.compile traces), and in a
+        # context variable for models whose forward does not pass it on.
+        if state.forward_kwargs and lengths is not None:
+            kwargs[LENGTHS_KWARG] = lengths
+        token = PROMPT_LENGTHS.set(lengths)
+        with state.lock:
+            state.generating += 1
         try:
             return super().generate(*args, **kwargs)  # type: ignore[misc]
         finally:
+            with state.lock:
+                state.generating -= 1
             PROMPT_LENGTHS.reset(token)
+
+    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        # generate rejects keyword arguments the forward does not name; the prompt lengths are ours
+        mine = {k: v for k, v in model_kwargs.items() if k != LENGTHS_KWARG}
+        super()._validate_model_kwargs(mine)  # type: ignore[misc]
 
     # -- recording -----------------------------------------------------------------------------
     def record(

@@ -123,14 +123,14 @@ class Delta(Operator):
         if not callable(fn):
             raise TypeError(f"an operator must be callable, got {type(fn).__name__}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
+        self.name = name or str(getattr(fn, "__name__", "callable"))
 
     def prepare(self, vector: Tensor, multiplier: Tensor) -> Tensors:
         return {"scaled": multiplier * vector}
 
     def apply(self, hidden: Tensor, tensors: Tensors, mask: Mask | None) -> Tensor:
         delta = self.fn(hidden, tensors["scaled"])
-        if not isinstance(delta, Tensor) or torch.broadcast_shapes(delta.shape, hidden.shape) != hidden.shape:
+        if not isinstance(delta, Tensor) or not _broadcasts_to(delta, hidden):
             got = list(delta.shape) if isinstance(delta, Tensor) else type(delta).__name__
             raise ValueError(
                 f"operator {self.name!r} returned {got}; it must return a delta that broadcasts to the hidden "
@@ -144,6 +144,13 @@ class Delta(Operator):
 
     def __hash__(self) -> int:
         return hash((Delta, id(self.fn)))
+
+
+def _broadcasts_to(tensor: Tensor, target: Tensor) -> bool:
+    try:
+        return torch.broadcast_shapes(tensor.shape, target.shape) == target.shape
+    except RuntimeError:
+        return False
 
 
 class NormPreserving(Operator):

@@ -25,6 +25,7 @@ from torch import Tensor
 
 PositionMode = Literal["all", "prompt", "generated"]
 STEP_KWARG = "steerable_step"  # the keyword argument decoder layers receive the step context by
+LENGTHS_KWARG = "steerable_prompt_lengths"  # the one ``generate`` passes prompt lengths to the model by
 
 #: The step context of the forward running in this thread/task (for layers and sub-modules that get
 #: no keyword argument). A ContextVar rather than model state: concurrent forwards never share it.

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from steerable.positions import CURRENT_STEP, STEP_KWARG
+from steerable.positions import CURRENT_STEP, LENGTHS_KWARG, STEP_KWARG
 from steerable.state import ModelState  # at run time: transformers evaluates the annotations
 
 
@@ -22,15 +22,14 @@ class SteerableStack(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         state = self._steerable_state
+        lengths = kwargs.pop(LENGTHS_KWARG, None)
         if not state.selections and not state.recordings:
             return super().forward(*args, **kwargs)
         inputs = dict(zip(state.stack_arg_names, args, strict=False)) | kwargs
-        first = next(
-            (t for t in (inputs.get("input_ids"), inputs.get("inputs_embeds")) if isinstance(t, Tensor)), None
-        )
+        first = next((t for t in (inputs.get("input_ids"), inputs.get("inputs_embeds")) if isinstance(t, Tensor)), None)
         if first is None:
             return super().forward(*args, **kwargs)
-        step = state.step(first.shape[0], first.shape[1], first.device, inputs)
+        step = state.step(first.shape[0], first.shape[1], first.device, inputs, lengths)
         if state.kwargs_reach_layers:  # with the call: thread-safe, replayed by checkpointing, compiles
             return super().forward(*args, **kwargs, **{STEP_KWARG: step})
         token = CURRENT_STEP.set(step)

@@ -49,6 +49,8 @@ class ModelState:
     selection_slots: list[SelectionSlot] = field(default_factory=list)
     selections: tuple[SelectionSlot, ...] = ()  # active, read on every forward
     recordings: int = 0  # active record blocks: they report positions
+    generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
+    forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- token selections ----------------------------------------------------------------------
@@ -58,7 +60,9 @@ class ModelState:
         slot = next((s for s in self.selection_slots if not s.active and s.signature == signature), None)
         if slot is None:
             number = len(self.selection_slots)
-            slot = SelectionSlot(number, selection.mode, {k: f"steering_selection_{number}_{k}" for k in tensors}, signature)
+            slot = SelectionSlot(
+                number, selection.mode, {k: f"steering_selection_{number}_{k}" for k in tensors}, signature
+            )
             self.selection_slots.append(slot)
         device = _reference_device(self.stack)
         for key, tensor in tensors.items():
@@ -75,8 +79,11 @@ class ModelState:
             self.stack._buffers.pop(name, None)
 
     # -- the step context ----------------------------------------------------------------------
-    def step(self, batch: int, seq_len: int, device: torch.device, inputs: dict[str, Any]) -> StepContext:
-        """Positions of this forward's tokens and the mask of every active selection."""
+    def step(
+        self, batch: int, seq_len: int, device: torch.device, inputs: dict[str, Any], lengths: Tensor | None = None
+    ) -> StepContext:
+        """Positions of this forward's tokens and the mask of every active selection. ``lengths``: the
+        prompt lengths ``generate`` passed with the call, if they reached the decoder stack."""
         cache = inputs.get("cache", inputs.get("past_key_values"))
         positions = absolute_positions(
             batch,
@@ -90,10 +97,12 @@ class ModelState:
         context = StepContext(positions)
         if self.selections:
             buffers = self.stack._buffers
-            needs_lengths = any(s.mode != "all" for s in self.selections)
-            lengths = PROMPT_LENGTHS.get() if needs_lengths else None
+            if lengths is None and self.generating and any(s.mode != "all" for s in self.selections):
+                lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
             for slot in self.selections:
-                min_index, mask = (buffers.get(slot.names[k]) if k in slot.names else None for k in ("min_index", "mask"))
+                min_index, mask = (
+                    buffers.get(slot.names[k]) if k in slot.names else None for k in ("min_index", "mask")
+                )
                 context.masks[slot.index] = selection_mask(slot.mode, positions, lengths, min_index, mask)  # type: ignore[arg-type]
         return context
 

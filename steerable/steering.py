@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from steerable.architectures import SITES
-from steerable.layers import SteerableLayer, Slot
+from steerable.layers import Slot, SteerableLayer
 from steerable.operators import Operator, for_rows, resolve_operator
 from steerable.positions import PositionMode, Selection
 from steerable.state import ModelState, reference_tensor, resolve_layers
@@ -115,7 +115,9 @@ def steer(state: ModelState, model_type: str | None, **args: Any) -> SteeringHan
                 reference = reference_tensor(module)
                 device = reference.device
                 dtype = reference.dtype if reference.numel() else torch.float32
-                cast = {name: _cast(t, torch.empty(0, dtype=dtype, device=device), index) for name, t in tensors.items()}
+                cast = {
+                    name: _cast(t, torch.empty(0, dtype=dtype, device=device), index) for name, t in tensors.items()
+                }
                 slot = module.occupy(plan.operator, handle._selection, cast, live)
                 handle._applied.append((module, slot))
                 state.refresh(module)
@@ -178,9 +180,8 @@ def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int |
         if multiplier.dtype == torch.bool or not (multiplier.is_floating_point() or multiplier.dtype.is_signed):
             raise TypeError(f"a multiplier tensor must hold numbers, got {multiplier.dtype}")
         if multiplier.ndim > 1 or (multiplier.ndim == 1 and multiplier.numel() == 0):
-            raise ValueError(
-                f"a multiplier tensor must be 1-D with one value per batch row, or 0-d; got shape {list(multiplier.shape)}"
-            )
+            shape = list(multiplier.shape)
+            raise ValueError(f"a multiplier tensor must be 1-D with one value per batch row, or 0-d; got shape {shape}")
         if not bool(torch.isfinite(multiplier.detach()).all()):
             raise ValueError("the multiplier has non-finite values (nan or inf)")
         m = multiplier if multiplier.requires_grad else multiplier.detach().float().clone()

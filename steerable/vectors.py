@@ -52,9 +52,11 @@ class SteeringVector:
                 )
             if not vector.is_floating_point():
                 raise TypeError(f"layer {layer}: expected a floating-point tensor, got {vector.dtype}")
-            if not bool(torch.isfinite(vector).all()):
+            if not bool(torch.isfinite(vector.detach()).all()):
                 raise ValueError(f"layer {layer}: the vector has non-finite values (nan or inf)")
-            vectors[layer] = vector.detach()
+            # copied on the way in (the caller may change theirs), except tensors that require grad:
+            # those stay the caller's, so a learned vector (an nn.Parameter) trains through steering
+            vectors[layer] = vector if vector.requires_grad else vector.detach().clone()
         shapes = {tuple(v.shape) for v in vectors.values()}
         if len(shapes) != 1:
             raise ValueError(f"all layers must have the same shape, got {sorted(shapes)}")

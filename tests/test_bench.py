@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from steerable.bench import main
+from benchmarks.overhead import main
 from steerable.cli import main as cli_main
 
 

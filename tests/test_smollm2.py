@@ -7,7 +7,7 @@ import torch
 
 from steerable import SteeringVector, train_steering_vector
 from steerable.datasets import chat_prompt, sentiment_pairs, sentiment_prompts
-from steerable.models import smollm2
+from steerable.offline import smollm2
 
 
 @pytest.fixture(scope="module")

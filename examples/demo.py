@@ -1,6 +1,6 @@
 """The demo: train a sentiment steering vector on SmolLM2-135M-Instruct and steer generations.
 
-Run with ``make demo`` (or ``python -m steerable.demo``). Everything runs on CPU in a few minutes.
+Run with ``make demo`` (or ``python examples/demo.py``). Everything runs on CPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import torch
 
 from steerable.datasets import chat_prompt, sentiment_pairs, sentiment_prompts
-from steerable.models import smollm2
+from steerable.offline import smollm2
 from steerable.training import train_steering_vector
 
 LAYER = 6  # SmolLM2-135M has 30 layers; sentiment steers cleanly early in the stack
