@@ -195,6 +195,106 @@ def run_suite(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return out
 
 
+# -- the overhead-dominated regime: microseconds per layer call ------------------------------------
+LAYER_CALL_LAYERS = 16
+
+
+def layer_call_report(rounds: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One-token decode steps with a KV cache on a tiny 16-layer Llama, where the per-layer Python and
+    dispatch cost is most of the time. Each round times every implementation once (interleaved, so
+    slow drift cancels); a row's cost is the median over rounds of its paired difference to its
+    reference, divided by the number of layer calls."""
+    vanilla = tiny_llama(LAYER_CALL_LAYERS).to(device, dtype)
+    steerable = SteerableModel.wrap(tiny_llama(LAYER_CALL_LAYERS).to(device, dtype))
+    d = vanilla.config.hidden_size
+    every = SteeringVector({i: torch.randn(d) for i in range(LAYER_CALL_LAYERS)})
+    prompt, steps = 8, 8
+    ids = torch.randint(3, 200, (1, prompt + steps), device=device)
+
+    def decode(model: Any) -> float:
+        """Seconds per decode step (the prompt's prefill is not timed)."""
+        cache = transformers.DynamicCache(config=model.config)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], past_key_values=cache, use_cache=True)
+            _sync(device)
+            start = time.perf_counter()
+            for t in range(prompt, prompt + steps):
+                model(
+                    input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True
+                )
+            _sync(device)
+        return (time.perf_counter() - start) / steps
+
+    rows: dict[str, tuple[Any, Setup]] = {
+        "vanilla transformers": (vanilla, contextlib.nullcontext),
+        "steerable idle": (steerable, contextlib.nullcontext),
+        "forward hooks, add, all layers": (vanilla, lambda: hooks(vanilla, every, 2.0)),
+        "steerable add, all layers": (steerable, lambda: steerable.steer(every, 2.0)),
+        "steerable add, token-selective (min_token_index), all layers": (
+            steerable,
+            lambda: steerable.steer(every, 2.0, min_token_index=4),
+        ),
+        "steerable add, token-selective (positions='generated'), all layers": (
+            steerable,
+            lambda: steerable.steer(every, 2.0, positions="generated"),
+        ),
+    }
+    times: dict[str, list[float]] = {row: [] for row in rows}
+    for round_number in range(rounds + 2):  # two warm-up rounds
+        for row, (model, setup) in rows.items():
+            with setup():
+                seconds = decode(model)
+            if round_number >= 2:
+                times[row].append(seconds)
+    references = {
+        "steerable idle": "vanilla transformers",
+        "forward hooks, add, all layers": "vanilla transformers",
+        "steerable add, all layers": "forward hooks, add, all layers",
+        "steerable add, token-selective (min_token_index), all layers": "forward hooks, add, all layers",
+        "steerable add, token-selective (positions='generated'), all layers": "forward hooks, add, all layers",
+    }
+    out: dict[str, Any] = {"layers": LAYER_CALL_LAYERS, "rounds": rounds, "decode_steps_per_round": steps, "rows": {}}
+    for row, reference in references.items():
+        diffs = sorted((t - r) * 1e6 / LAYER_CALL_LAYERS for t, r in zip(times[row], times[reference], strict=True))
+        out["rows"][row] = {
+            "reference": reference,
+            "median_us_per_layer_call": statistics.median(diffs),
+            "p25": diffs[len(diffs) // 4],
+            "p75": diffs[(3 * len(diffs)) // 4],
+        }
+    out["vanilla_us_per_layer_call"] = statistics.median(times["vanilla transformers"]) * 1e6 / LAYER_CALL_LAYERS
+    return out
+
+
+def layer_call_verdicts(report: dict[str, Any]) -> list[str]:
+    rows = report["rows"]
+    targets = [
+        ("steerable idle", 1.0, "idle <= 1 us per layer call over vanilla"),
+        ("steerable add, all layers", 0.0, "all-layers add <= a forward hook doing the same add"),
+        (
+            "steerable add, token-selective (min_token_index), all layers",
+            5.0,
+            "token-selective (min_token_index) <= the hook + 5 us",
+        ),
+        (
+            "steerable add, token-selective (positions='generated'), all layers",
+            5.0,
+            "token-selective (generated) <= the hook + 5 us",
+        ),
+    ]
+    out = []
+    for row, limit, text in targets:
+        r = rows[row]
+        met = r["median_us_per_layer_call"] <= limit
+        noise = "" if met or r["p25"] > limit else " (the interquartile range reaches the target: within noise)"
+        out.append(
+            f"{text}: {'met' if met else 'MISSED'}{noise}; median {r['median_us_per_layer_call']:+.2f} us "
+            f"[IQR {r['p25']:+.2f} to {r['p75']:+.2f}]"
+        )
+    return out
+
+
 def per_row_sweep(steerable: Any, d: int, n_layers: int, args: argparse.Namespace, device: str) -> dict[str, Any]:
     """8 multipliers as 8 rows of one batch vs 8 separate batch-1 runs, for the two kinds of sweep:
     scoring (one forward over a 64-token prompt) and generating (16 new tokens after an 8-token prompt)."""
@@ -412,6 +512,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['trials']} interleaved trials. Times are ms (median [min-max]); ratio = median over trials of "
         "(time / vanilla time in the same trial) [min-max].",
     ]
+    if "layer_calls" in report:
+        lc = report["layer_calls"]
+        lines += [
+            "",
+            f"## Per layer call: tiny Llama, {lc['layers']} layers, one-token decode with a KV cache",
+            "",
+            f"{lc['rounds']} interleaved rounds of {lc['decode_steps_per_round']} decode steps; vanilla takes "
+            f"{lc['vanilla_us_per_layer_call']:.1f} us per layer call. Cost = median over rounds of the paired "
+            "difference to the reference, per layer call, in microseconds [interquartile range].",
+            "",
+            "| implementation | reference | us per layer call |",
+            "| --- | --- | --- |",
+        ]
+        for row, r in lc["rows"].items():
+            lines.append(
+                f"| {row} | {r['reference']} | {r['median_us_per_layer_call']:+.2f} [{r['p25']:+.2f} to {r['p75']:+.2f}] |"
+            )
+        lines += ["", "Targets:"] + [f"- {t}" for t in lc["verdicts"]]
     for suite in report["suites"]:
         lines += ["", f"## {suite['model']}", ""]
         measures = list(next(iter(suite["rows"].values())))
@@ -511,11 +629,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--no-repeng", dest="repeng", action="store_false", help="skip repeng (its own environment)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile section")
+    parser.add_argument("--layer-rounds", type=int, default=200, help="rounds of the per-layer-call regime (0: skip)")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny model, 1 trial, few tokens")
     parser.add_argument("--out", default="benchmarks/results", help="folder for overhead.md and overhead.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.trials, args.new_tokens, args.prompt_len, args.repeng = "tiny", 1, 4, 32, False
+        args.layer_rounds = min(args.layer_rounds, 3)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.torch_dtype = getattr(torch, args.dtype)
     report: dict[str, Any] = {
@@ -532,8 +652,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "suites": [],
     }
-    for name in args.models.split(","):
-        suite = run_suite(args, name.strip())
+    if args.layer_rounds:
+        report["layer_calls"] = layer_call_report(args.layer_rounds, args.device, args.torch_dtype)
+        report["layer_calls"]["verdicts"] = layer_call_verdicts(report["layer_calls"])
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        suite = run_suite(args, name)
         suite["verdicts"] = verdicts(suite)
         report["suites"].append(suite)
     out = Path(args.out)

@@ -45,6 +45,7 @@ class SteerableLayer(nn.Module):
     """Mixin placed before the original class in the MRO; ``forward`` post-processes its output."""
 
     _steerable_base: type[nn.Module]
+    _steerable_inner: Callable[..., Any]  # the original forward (see make_steerable)
     _steerable_slots: list[Slot]
     _steerable_ops: tuple[Slot, ...]
     _steerable_taps: tuple[Tap, ...]
@@ -56,11 +57,11 @@ class SteerableLayer(nn.Module):
         if step is not None and self._steerable_sites_need_step:  # sub-modules get no keyword arguments
             token = CURRENT_STEP.set(step)
             try:
-                output = super().forward(*args, **kwargs)
+                output = self._steerable_inner(self, *args, **kwargs)
             finally:
                 CURRENT_STEP.reset(token)
         else:
-            output = super().forward(*args, **kwargs)
+            output = self._steerable_inner(self, *args, **kwargs)
         if not self._steerable_ops and not self._steerable_taps:
             return output
         return self._steerable_output(output, step)
@@ -69,17 +70,20 @@ class SteerableLayer(nn.Module):
         """Steer the layer's output, then show it to the taps."""
         hidden = output[0] if isinstance(output, tuple) else output
         for slot in self._steerable_ops:
+            if not slot.active:  # removed by another thread while this forward runs
+                continue
             if slot.kind == FAST_ADD:  # the common case: add one vector to every token
                 hidden = hidden + self._steerable_tensor(slot.names["delta"], hidden)
                 continue
             if step is None and slot.selection is not None:
                 step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
-            mask = step.mask(slot.selection, hidden.device) if slot.selection is not None and step else None
-            if slot.kind == MASKED_ADD:
+            if slot.kind == MASKED_ADD:  # hidden + weight * delta: one fused op
+                assert step is not None and slot.selection is not None
                 delta = self._steerable_tensor(slot.names["delta"], hidden)
-                hidden = torch.where(mask, hidden + delta, hidden) if mask is not None else hidden + delta
-            else:
-                hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden), mask)
+                hidden = torch.addcmul(hidden, step.weight(slot.selection, hidden), delta)
+                continue
+            mask = step.mask(slot.selection, hidden.device) if step is not None and slot.selection is not None else None
+            hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden), mask)
         if self._steerable_taps:
             if step is None:
                 step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
@@ -88,8 +92,9 @@ class SteerableLayer(nn.Module):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _steerable_tensor(self, name: str, hidden: Tensor) -> Tensor:
-        tensor = self._buffers[name]
-        assert tensor is not None
+        tensor = self._buffers.get(name)
+        if tensor is None:  # removed by another thread while this forward runs: steer with nothing
+            return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
         check_rows(tensor, hidden)
         if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
             tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
@@ -169,17 +174,27 @@ def check_rows(tensor: Tensor, hidden: Tensor) -> None:
 
 
 def make_steerable(
-    module: nn.Module, fallback: Callable[[Tensor], StepContext], inject: bool = False
+    module: nn.Module, fallback: Callable[[Tensor], StepContext], slots: list[Slot], inject: bool = False
 ) -> SteerableLayer:
-    """Swap ``module``'s class for its steerable subclass (same name, module and qualname)."""
+    """Swap ``module``'s class for its steerable subclass (same name, module and qualname).
+
+    ``slots`` is kept by the model, not the module, so that a module swapped back and forth keeps the
+    same slot objects (``torch.compile`` guards on them)."""
     if isinstance(module, SteerableLayer):
-        module._steerable_fallback = fallback
         return module
     mixins: tuple[type, ...] = (SteerableLayer, InjectingLayer) if inject else (SteerableLayer,)
-    set_class(module, posing_subclass(mixins, type(module)))
+    base = type(module)
+    inner = base.forward
+    # transformers wraps every decoder layer's forward for gradient checkpointing; our subclass's forward
+    # is wrapped too and is the one that checkpoints, so call the original beneath the base's wrapper
+    # (the wrapper would only check that and step aside: one call less per layer).
+    if getattr(inner, "__name__", "") == "forward_with_checkpointing" and hasattr(inner, "__wrapped__"):
+        inner = inner.__wrapped__
+    set_class(module, posing_subclass(mixins, base))
     assert isinstance(module, SteerableLayer)
-    module._steerable_fallback = fallback
-    module._steerable_slots = []
+    module.__dict__["_steerable_inner"] = inner  # on the instance: a call in flight in another thread
+    module._steerable_fallback = fallback  # outlives a swap back (see restore)
+    module._steerable_slots = slots
     module._steerable_ops = ()
     module._steerable_taps = ()
     module._steerable_sites_need_step = False
@@ -187,13 +202,27 @@ def make_steerable(
 
 
 def restore(module: nn.Module) -> None:
-    """Give ``module`` back its original class, dropping every steering buffer and attribute."""
+    """Give ``module`` back its original class and drop its steering buffers.
+
+    Its steerable attributes stay behind, inert (no steerings, no taps), so that a forward that
+    another thread is running through the module right now finishes as a plain forward."""
     if not isinstance(module, SteerableLayer):
         return
+    module._steerable_ops = ()
+    module._steerable_taps = ()
+    module._steerable_sites_need_step = False
     for slot in module._steerable_slots:
+        slot.active, slot.live = False, None
         for name in slot.names.values():
             module._buffers.pop(name, None)
+    set_class(module, module._steerable_base)
+
+
+def forget(module: nn.Module) -> None:
+    """``restore``, then remove every attribute steerable added (for ``unwrap``)."""
+    restore(module)
     for attribute in (
+        "_steerable_inner",
         "_steerable_fallback",
         "_steerable_slots",
         "_steerable_ops",
@@ -201,4 +230,3 @@ def restore(module: nn.Module) -> None:
         "_steerable_sites_need_step",
     ):
         module.__dict__.pop(attribute, None)
-    set_class(module, module._steerable_base)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from steerable.architectures import ArchitectureSpec, get_submodule, resolve_architecture
 from steerable.class_swap import original_class, posing_subclass, set_class
-from steerable.layers import make_steerable, restore
+from steerable.layers import forget
 from steerable.positions import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.recording import Recording, record
 from steerable.stack import SteerableStack, stack_of
@@ -65,6 +65,7 @@ class SteerableModel:
         reach = spec.layer_kwargs and any(p.kind is p.VAR_KEYWORD for p in stack_forward.parameters.values())
         config = getattr(model, "config", None)
         text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+        top_forward = inspect.signature(type(model).forward).parameters.values()
         state = ModelState(
             spec,
             layers,
@@ -72,11 +73,9 @@ class SteerableModel:
             getattr(text_config, "hidden_size", None),
             reach,
             tuple(list(stack_forward.parameters)[1:]),
+            forward_kwargs=any(p.kind is p.VAR_KEYWORD for p in top_forward),
+            inject=not reach,
         )
-        top_forward = inspect.signature(type(model).forward).parameters.values()
-        state.forward_kwargs = any(p.kind is p.VAR_KEYWORD for p in top_forward)
-        for layer in layers:
-            make_steerable(layer, state.fallback_step, inject=not reach)
         set_class(stack, posing_subclass((SteerableStack,), type(stack)))
         stack._steerable_state = state  # type: ignore[assignment]
         model.__class__ = posing_subclass((SteerableModel,), type(model))
@@ -93,7 +92,7 @@ class SteerableModel:
             handle.remove()
         for layer in state.layers:
             for module in layer.modules():
-                restore(module)
+                forget(module)
         for slot in state.selection_slots:
             for name in slot.names.values():
                 state.stack._buffers.pop(name, None)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 from einops import rearrange, repeat
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 PositionMode = Literal["all", "prompt", "generated"]
@@ -41,10 +41,20 @@ class StepContext:
 
     positions: Int[Tensor, "batch seq"]
     masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
+    _weights: dict[tuple[int, torch.dtype, torch.device], Tensor] = field(default_factory=dict)
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
         mask = self.masks[index]
         return mask if mask.device == device else mask.to(device)  # layers split over devices
+
+    def weight(self, index: int, like: Tensor) -> Float[Tensor, "batch seq 1"]:
+        """The mask as 1.0/0.0 in ``like``'s dtype and device, made once per forward: a masked add is
+        then one fused ``addcmul`` per layer."""
+        key = (index, like.dtype, like.device)
+        weight = self._weights.get(key)
+        if weight is None:
+            weight = self._weights[key] = self.masks[index].to(like.device, like.dtype)
+        return weight
 
 
 @dataclass(eq=False)

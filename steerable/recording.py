@@ -124,6 +124,7 @@ def taps_installed(
     token = _TAP_SCOPES.set((*_TAP_SCOPES.get(), scope))
     try:
         with state.lock:
+            state.taps += 1
             for layer, index in layers:
                 module = state.site_module(index, site)
                 tap = scoped(make_tap(layer, index))
@@ -137,6 +138,8 @@ def taps_installed(
             for module, tap in installed:
                 module._steerable_taps = tuple(t for t in module._steerable_taps if t is not tap)
                 state.refresh(module)
+            state.taps -= 1
+            state.deactivate_if_idle()
 
 
 def record_activations(

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from steerable.architectures import ArchitectureSpec, get_submodule
-from steerable.layers import SteerableLayer, make_steerable, restore
+from steerable.layers import SteerableLayer, Slot, make_steerable, restore
 from steerable.positions import (
     PROMPT_LENGTHS,
     Selection,
@@ -49,6 +49,9 @@ class ModelState:
     selection_slots: list[SelectionSlot] = field(default_factory=list)
     selections: tuple[SelectionSlot, ...] = ()  # active, read on every forward
     recordings: int = 0  # active record blocks: they report positions
+    inject: bool = False  # layers put the step context into their own keyword arguments (see layers.py)
+    slots: dict[tuple[int, str], list[Slot]] = field(default_factory=dict)  # (layer, site) -> its slots
+    taps: int = 0  # installed taps (recordings, training)
     generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
     forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -110,9 +113,23 @@ class ModelState:
         """For a layer run without its decoder stack: positions count from 0, no padding is known."""
         return self.step(hidden.shape[0], hidden.shape[1], hidden.device, {})
 
-    # -- sites ---------------------------------------------------------------------------------
+    # -- which modules are steerable ----------------------------------------------------------
+    # Decoder layers are steerable only while the model steers or records (an idle model runs its own
+    # layers: idle costs nothing), site modules only while something uses them.
+    def activate(self) -> None:
+        for index, layer in enumerate(self.layers):
+            make_steerable(layer, self.fallback_step, self.slots.setdefault((index, "block"), []), self.inject)
+
+    def deactivate_if_idle(self) -> None:
+        if self.handles or self.taps:
+            return
+        for layer in self.layers:
+            for module in layer.modules():
+                restore(module)
+
     def site_module(self, layer_index: int, site: str) -> SteerableLayer:
         """The steerable module of ``site`` in decoder layer ``layer_index`` (swapped in on first use)."""
+        self.activate()
         layer = self.layers[layer_index]
         if site == "block":
             assert isinstance(layer, SteerableLayer)
@@ -125,7 +142,7 @@ class ModelState:
             raise ValueError(
                 f"site {site!r} ({self.spec.sites[site]}) does not exist in decoder layer {layer_index} of this model"
             )
-        return make_steerable(module, self.fallback_step)
+        return make_steerable(module, self.fallback_step, self.slots.setdefault((layer_index, site), []))
 
     def refresh(self, module: SteerableLayer) -> None:
         """After a change at ``module``: give an idle site module its own class back (idle costs

@@ -57,6 +57,7 @@ class SteeringHandle:
             if self._selection is not None:
                 state.vacate_selection(self._selection)
             state.handles = [h for h in state.handles if h is not self]
+            state.deactivate_if_idle()
 
     def update(self, multiplier: Multiplier | None = None, vector: SteeringVector | None = None) -> None:
         """Change the multiplier and/or the vector's values in place.

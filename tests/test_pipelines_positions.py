@@ -80,7 +80,7 @@ def test_entering_at_the_inner_model_equals_the_top_level_and_a_hook(arch) -> No
     model = SteerableModel.wrap(tiny_model(arch))
     ids, mask = left_pad(ROWS)
     v = vector(layers=(1,))
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    inner = model.base_model  # GPT2Model, LlamaModel, ...: what TRL and users call directly
     with model.steer(v, 3.0, min_token_index=2):
         top = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         below = inner(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -90,5 +90,33 @@ def test_entering_at_the_inner_model_equals_the_top_level_and_a_hook(arch) -> No
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     selected = ((positions >= 2) & real)[..., None]
     with hooked(vanilla, {1: lambda h: torch.where(selected, h + 3.0 * v[1], h)}):
-        reference = vanilla.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        reference = vanilla.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(below[real], reference[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["mlp", "input_norm"])
+def test_checkpointed_gradients_equal_plain_ones_at_sub_module_sites(site) -> None:
+    model = SteerableModel.wrap(no_dropout(tiny_model("llama"))).train()
+    ids, mask = left_pad(ROWS)
+    torch.manual_seed(3)
+    v = SteeringVector({i: torch.randn(32) for i in (0, 2)}, site=site)
+    with model.steer(v, 2.0, operator="clamp", min_token_index=2):
+        plain = gradients(model, ids, mask)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointed = gradients(model, ids, mask)
+        model.gradient_checkpointing_disable()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text"])  # sliding-window layers (window 4)
+def test_sliding_window_and_static_caches_generate_what_an_uncached_run_does(arch) -> None:
+    model = SteerableModel.wrap(tiny_model(arch))
+    ids, mask = left_pad(ROWS)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with model.steer(vector(), 4.0, positions="generated", operator="ablate_then_add"):
+        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **settings)
+        dynamic = model.generate(input_ids=ids, attention_mask=mask, **settings)
+        static = model.generate(input_ids=ids, attention_mask=mask, cache_implementation="static", **settings)
+    assert torch.equal(dynamic, uncached)
+    assert torch.equal(static, uncached)
