@@ -526,9 +526,8 @@ def markdown(report: dict[str, Any]) -> str:
             "| --- | --- | --- |",
         ]
         for row, r in lc["rows"].items():
-            lines.append(
-                f"| {row} | {r['reference']} | {r['median_us_per_layer_call']:+.2f} [{r['p25']:+.2f} to {r['p75']:+.2f}] |"
-            )
+            cost = f"{r['median_us_per_layer_call']:+.2f} [{r['p25']:+.2f} to {r['p75']:+.2f}]"
+            lines.append(f"| {row} | {r['reference']} | {cost} |")
         lines += ["", "Targets:"] + [f"- {t}" for t in lc["verdicts"]]
     for suite in report["suites"]:
         lines += ["", f"## {suite['model']}", ""]

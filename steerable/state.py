@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from steerable.architectures import ArchitectureSpec, get_submodule
-from steerable.layers import SteerableLayer, Slot, make_steerable, restore
+from steerable.layers import Slot, SteerableLayer, make_steerable, restore
 from steerable.positions import (
     PROMPT_LENGTHS,
     Selection,
