@@ -52,7 +52,13 @@ def with_signature(method: Callable[..., Any], original: Callable[..., Any]) -> 
 
 
 def set_class(module: nn.Module, cls: type[nn.Module]) -> None:
+    previous = type(module)
     module.__class__ = cls
+    # transformers 4.x restores the forwards it patched for output capture as bound methods on the
+    # instance, which would hide the class's forward from now on: point them at the new class's.
+    bound = module.__dict__.get("forward")
+    if isinstance(bound, types.MethodType) and bound.__self__ is module and bound.__func__ is previous.forward:
+        module.__dict__["forward"] = types.MethodType(cls.forward, module)
     # accelerate's hooks (device_map, offloading) call a bound `_old_forward` captured when they were
     # attached; rebind it so the hook calls the forward of the class the module has now.
     if "_old_forward" in module.__dict__:

@@ -73,17 +73,17 @@ class SteerableLayer(nn.Module):
             if not slot.active:  # removed by another thread while this forward runs
                 continue
             if slot.kind == FAST_ADD:  # the common case: add one vector to every token
-                hidden = hidden + self._steerable_tensor(slot.names["delta"], hidden)
+                hidden = hidden + self._steerable_tensor(slot.names["delta"], hidden, step)
                 continue
             if step is None and slot.selection is not None:
                 step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
             if slot.kind == MASKED_ADD:  # hidden + weight * delta: one fused op
                 assert step is not None and slot.selection is not None
-                delta = self._steerable_tensor(slot.names["delta"], hidden)
+                delta = self._steerable_tensor(slot.names["delta"], hidden, step)
                 hidden = torch.addcmul(hidden, step.weight(slot.selection, hidden), delta)
                 continue
             mask = step.mask(slot.selection, hidden.device) if step is not None and slot.selection is not None else None
-            hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden), mask)
+            hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden, step), mask)
         if self._steerable_taps:
             if step is None:
                 step = CURRENT_STEP.get() or self._steerable_fallback(hidden)
@@ -91,23 +91,21 @@ class SteerableLayer(nn.Module):
                 tap(hidden, step)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def _steerable_tensor(self, name: str, hidden: Tensor) -> Tensor:
+    def _steerable_tensor(self, name: str, hidden: Tensor, step: StepContext | None) -> Tensor:
         tensor = self._buffers.get(name)
         if tensor is None:  # removed by another thread while this forward runs: steer with nothing
             return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        check_rows(tensor, hidden)
+        tensor = fit_rows(tensor, hidden, step)
         if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
             tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
         return tensor
 
-    def _steerable_tensors(self, slot: Slot, hidden: Tensor) -> dict[str, Tensor]:
+    def _steerable_tensors(self, slot: Slot, hidden: Tensor, step: StepContext | None) -> dict[str, Tensor]:
         if slot.live is None:
-            return {field: self._steerable_tensor(name, hidden) for field, name in slot.names.items()}
+            return {field: self._steerable_tensor(name, hidden, step) for field, name in slot.names.items()}
         vector, multiplier = for_rows(*slot.live)
         tensors = slot.operator.prepare(vector.to(hidden), multiplier.to(hidden))
-        for tensor in tensors.values():
-            check_rows(tensor, hidden)
-        return tensors
+        return {field: fit_rows(tensor, hidden, step) for field, tensor in tensors.items()}
 
     # -- slots (managed by steerable.steering) -------------------------------------------------
     def occupy(
@@ -165,12 +163,19 @@ class InjectingLayer(nn.Module):
         return super().__call__(*args, **kwargs)
 
 
-def check_rows(tensor: Tensor, hidden: Tensor) -> None:
-    if tensor.ndim == 3 and tensor.shape[0] not in (1, hidden.shape[0]):
-        raise ValueError(
-            f"the steering has {tensor.shape[0]} per-row values (multiplier or vectors) but the batch has "
-            f"{hidden.shape[0]} rows: pass one value per row"
-        )
+def fit_rows(tensor: Tensor, hidden: Tensor, step: StepContext | None) -> Tensor:
+    """A per-row tensor (``[rows, 1, ...]``) for this batch: as is when the rows match; inside
+    ``generate``, each row repeated for the copies of its prompt (``num_return_sequences``, beams)."""
+    rows, batch = tensor.shape[0], hidden.shape[0]
+    if tensor.ndim != 3 or rows in (1, batch):
+        return tensor
+    step = step or CURRENT_STEP.get()
+    if step is not None and step.generating and batch % rows == 0:
+        return tensor.repeat_interleave(batch // rows, dim=0)
+    raise ValueError(
+        f"the steering has {rows} per-row values (multiplier or vectors) but the batch has {batch} rows: pass "
+        "one value per row (rows are repeated only inside generate, for num_return_sequences or beams)"
+    )
 
 
 def make_steerable(

@@ -41,6 +41,8 @@ class StepContext:
 
     positions: Int[Tensor, "batch seq"]
     masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
+    # inside generate: rows may be repeated (num_return_sequences, beams), each prompt's copies together
+    generating: bool = False
     _weights: dict[tuple[int, torch.dtype, torch.device], Tensor] = field(default_factory=dict)
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
@@ -134,6 +136,7 @@ def selection_mask(
     selected = positions >= 0
     if min_index is not None:
         selected = selected & (positions >= min_index.to(positions.device))
+    repeat_rows = prompt_lengths is not None  # only generate repeats rows
     if mode != "all" and prompt_lengths is not None:
         lengths = rearrange(rows_for_batch(prompt_lengths.to(positions.device), batch, "prompt lengths"), "b -> b 1")
         selected = selected & (positions >= lengths if mode == "generated" else positions < lengths)
@@ -142,7 +145,7 @@ def selection_mask(
     if token_mask is not None:
         mask = token_mask.to(positions.device)
         mask = (
-            rows_for_batch(mask, batch, "the token mask")
+            rows_for_batch(mask, batch, "the token mask", repeat_rows)
             if mask.ndim == 2
             else repeat(mask, "width -> batch width", batch=batch)
         )
@@ -152,11 +155,16 @@ def selection_mask(
     return rearrange(selected, "batch seq -> batch seq 1")
 
 
-def rows_for_batch(tensor: Tensor, batch: int, what: str) -> Tensor:
-    """``tensor`` with one entry per batch row; ``generate`` repeats rows for ``num_return_sequences``."""
+def rows_for_batch(tensor: Tensor, batch: int, what: str, repeat: bool = True) -> Tensor:
+    """``tensor`` with one entry per batch row. Inside ``generate`` (``repeat``) a batch may hold each
+    prompt's rows several times in a row (``num_return_sequences``, beams): each row is repeated to
+    match. Anywhere else the rows must match the batch."""
     rows = tensor.shape[0]
     if rows == batch:
         return tensor
-    if rows > 0 and batch % rows == 0:
+    if repeat and rows > 0 and batch % rows == 0:
         return tensor.repeat_interleave(batch // rows, dim=0)
-    raise ValueError(f"{what} has {rows} rows but the batch has {batch}: give one row per batch row")
+    raise ValueError(
+        f"{what} has {rows} rows but the batch has {batch}: give one row per batch row (rows are repeated "
+        "only inside generate, for num_return_sequences or beams)"
+    )

@@ -23,7 +23,7 @@ class SteerableStack(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         state = self._steerable_state
         lengths = kwargs.pop(LENGTHS_KWARG, None)
-        if not state.selections and not state.recordings:
+        if not state.selections and not state.recordings and not state.rowwise:
             return super().forward(*args, **kwargs)
         inputs = dict(zip(state.stack_arg_names, args, strict=False)) | kwargs
         first = next((t for t in (inputs.get("input_ids"), inputs.get("inputs_embeds")) if isinstance(t, Tensor)), None)

@@ -52,6 +52,7 @@ class ModelState:
     inject: bool = False  # layers put the step context into their own keyword arguments (see layers.py)
     slots: dict[tuple[int, str], list[Slot]] = field(default_factory=dict)  # (layer, site) -> its slots
     taps: int = 0  # installed taps (recordings, training)
+    rowwise: int = 0  # active per-row steerings: inside generate they need to know it (repeated rows)
     generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
     forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -97,11 +98,11 @@ class ModelState:
             inputs.get("cache_position"),
             cache,
         )
-        context = StepContext(positions)
+        if lengths is None and self.generating:
+            lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
+        context = StepContext(positions, generating=lengths is not None)
         if self.selections:
             buffers = self.stack._buffers
-            if lengths is None and self.generating and any(s.mode != "all" for s in self.selections):
-                lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
             for slot in self.selections:
                 min_index, mask = (
                     buffers.get(slot.names[k]) if k in slot.names else None for k in ("min_index", "mask")

@@ -43,6 +43,7 @@ class SteeringHandle:
         self._args = args
         self._applied: list[tuple[SteerableLayer, Slot]] = []
         self._selection: int | None = None
+        self._rowwise = False
         self.active = True
 
     def remove(self) -> None:
@@ -56,6 +57,8 @@ class SteeringHandle:
                 state.refresh(module)
             if self._selection is not None:
                 state.vacate_selection(self._selection)
+            if self._rowwise:
+                state.rowwise -= 1
             state.handles = [h for h in state.handles if h is not self]
             state.deactivate_if_idle()
 
@@ -66,6 +69,10 @@ class SteeringHandle:
         a ``torch.compile``d model does not recompile."""
         if not self.active:
             raise RuntimeError("this steering was removed; apply a new one with model.steer(...)")
+        with torch.inference_mode(False):
+            self._update(multiplier, vector)
+
+    def _update(self, multiplier: Multiplier | None, vector: SteeringVector | None) -> None:
         vector = vector if vector is not None else self._args["vector"]
         multiplier = multiplier if multiplier is not None else self._args["multiplier"]
         old = self._args["vector"]
@@ -102,6 +109,13 @@ class SteeringHandle:
 
 def steer(state: ModelState, model_type: str | None, **args: Any) -> SteeringHandle:
     """Validate, then apply a steering to the model's layers; see ``SteerableModel.steer``."""
+    # Steering tensors are made outside inference mode even when steer is called inside it: inference
+    # tensors would break every later forward that records gradients.
+    with torch.inference_mode(False):
+        return _steer(state, model_type, args)
+
+
+def _steer(state: ModelState, model_type: str | None, args: dict[str, Any]) -> SteeringHandle:
     plan = make_plan(state, **args)
     warn_model_mismatch(args["vector"], model_type)
     handle = SteeringHandle(state, args)
@@ -111,6 +125,9 @@ def steer(state: ModelState, model_type: str | None, **args: Any) -> SteeringHan
         try:
             if not plan.selection.everything:
                 handle._selection = state.occupy_selection(plan.selection)
+            if plan.rows is not None:
+                handle._rowwise = True
+                state.rowwise += 1
             for index, (tensors, live) in plan.layers.items():
                 module = state.site_module(index, site)
                 reference = reference_tensor(module)
