@@ -5,7 +5,7 @@ from steerable.model import SteerableModel
 from steerable.operators import OPERATORS, Operator, register_operator
 from steerable.recording import Recording, record_activations
 from steerable.steering import SteeringHandle
-from steerable.training import ContrastivePair, train_steering_vector
+from steerable.training import ContrastivePair, aggregate_activations, extract_activations, train_steering_vector
 from steerable.vectors import SteeringVector
 
 __version__ = "0.1.0"
@@ -18,6 +18,8 @@ __all__ = [
     "ContrastivePair",
     "Operator",
     "Recording",
+    "aggregate_activations",
+    "extract_activations",
     "SteerableModel",
     "SteeringHandle",
     "SteeringVector",

@@ -13,6 +13,21 @@ from torch import nn
 #: Steering/recording sites. ``block`` is the decoder layer's output (the residual stream after the
 #: layer); the others name sub-modules whose output is used.
 SITES = ("block", "attn", "mlp", "input_norm", "post_attn_norm")
+#: The steering-vectors library's layer-type names, accepted wherever a site is.
+SITE_ALIASES = {
+    "decoder_block": "block",
+    "self_attn": "attn",
+    "input_layernorm": "input_norm",
+    "post_attention_layernorm": "post_attn_norm",
+}
+
+
+def canonical_site(site: str) -> str:
+    """``site`` with the seed library's names mapped to ours. Any other name is kept: architectures may
+    register sites of their own (``register_architecture``), and the model checks it."""
+    if not isinstance(site, str) or not site:
+        raise TypeError(f"a site must be a non-empty string, got {site!r}")
+    return SITE_ALIASES.get(site, site)
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,24 @@ def set_class(module: nn.Module, cls: type[nn.Module]) -> None:
 
 def original_class(module: nn.Module) -> type[nn.Module]:
     return getattr(type(module), "_steerable_base", type(module))
+
+
+def plain_reduction(module: nn.Module) -> tuple[Any, ...]:
+    """How to pickle a swapped module: as its original class, without steerable's attributes and
+    steering buffers. The generated classes pose as the originals by name, so pickle could not find
+    them; ``torch.save(model)`` therefore saves the plain model (re-wrap it after loading)."""
+    base = original_class(module)
+    state = {k: v for k, v in module.__dict__.items() if not k.startswith("_steerable")}
+    steering = {name for name in module._buffers if name.startswith("steering_")}
+    state["_buffers"] = {k: v for k, v in module._buffers.items() if k not in steering}
+    state["_non_persistent_buffers_set"] = module._non_persistent_buffers_set - steering
+    for name in ("forward", "_old_forward"):  # methods bound on the instance point to the original class
+        bound = state.get(name)
+        if isinstance(bound, types.MethodType) and bound.__self__ is module:
+            state[name] = types.MethodType(base.forward, module)
+    return (new_plain, (base,), state)
+
+
+def new_plain(cls: type[nn.Module]) -> nn.Module:
+    """Unpickling: an empty instance of the original class (its state is set next)."""
+    return cls.__new__(cls)

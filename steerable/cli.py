@@ -185,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, OSError, IndexError, KeyError) as error:
-        print(f"steerable {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    except (ValueError, TypeError, OSError, IndexError, KeyError, NotImplementedError, UnicodeError) as error:
+        # a user error (a bad file, argument or value): one line naming it, never a traceback
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"steerable {args.command}: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -69,31 +69,48 @@ def from_gguf(path: str | Path) -> SteeringVector:
         reader = gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises several types on bad input
         raise ValueError(f"{path.name}: not a readable GGUF file (truncated or corrupt?): {error}") from error
-    architecture = _string_field(reader, "general.architecture")
+    architecture = _string_field(reader, "general.architecture", path.name)
     if architecture != "controlvector":
         raise ValueError(f"{path.name}: general.architecture is {architecture!r}, not 'controlvector'")
-    hint = _string_field(reader, "controlvector.model_hint")
+    hint = _string_field(reader, "controlvector.model_hint", path.name)
     vectors: dict[int, torch.Tensor] = {}
+    names: dict[int, str] = {}
     for tensor in reader.tensors:
         prefix, _, index = tensor.name.partition(".")
         if prefix != "direction" or not index.isdigit():
             raise ValueError(f"{path.name}: unexpected tensor {tensor.name!r} (expected direction.N)")
-        if int(index) == 0:
+        layer = int(index)
+        if layer == 0:
             raise ValueError(f"{path.name}: direction.0 is invalid in a control vector (llama.cpp rejects it)")
+        if layer in names:
+            raise ValueError(f"{path.name}: {names[layer]!r} and {tensor.name!r} both give layer {layer}")
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
             raise ValueError(f"{path.name}: {tensor.name} is {tensor.tensor_type.name}, expected F32")
+        shape = [int(n) for n in tensor.shape if int(n) != 1] or [int(tensor.n_elements)]
+        if len(shape) != 1:
+            raise ValueError(
+                f"{path.name}: {tensor.name} has shape {list(tensor.shape)}; a control vector holds one "
+                "1-D direction per layer"
+            )
+        names[layer] = tensor.name
         data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
-        vectors[int(index)] = torch.from_numpy(data.copy())
+        vectors[layer] = torch.from_numpy(data.copy())
     if not vectors:
         raise ValueError(f"{path.name}: the control vector has no direction tensors")
     return SteeringVector(vectors, site="block", model_type=hint or None, description=f"from {path.name}")
 
 
-def _string_field(reader: Any, key: str) -> str | None:
+def _string_field(reader: Any, key: str, name: str = "") -> str | None:
     field = reader.get_field(key)
     if field is None:
         return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    raw = bytes(field.parts[field.data[0]])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{name}: the {key} field is not valid UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
 
 
 def from_steering_vectors(obj: Any) -> SteeringVector:

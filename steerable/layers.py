@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerable.class_swap import posing_subclass, set_class
+from steerable.class_swap import plain_reduction, posing_subclass, set_class
 from steerable.operators import Add, Operator, for_rows
 from steerable.positions import CURRENT_STEP, STEP_KWARG, StepContext
 
@@ -51,6 +51,9 @@ class SteerableLayer(nn.Module):
     _steerable_taps: tuple[Tap, ...]
     _steerable_sites_need_step: bool  # a sub-module of this decoder layer selects tokens or records
     _steerable_fallback: Callable[[Tensor], StepContext]
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return plain_reduction(self)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         step = kwargs.pop(STEP_KWARG, None)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from steerable.architectures import ArchitectureSpec, get_submodule, resolve_architecture
-from steerable.class_swap import original_class, posing_subclass, set_class
+from steerable.class_swap import original_class, plain_reduction, posing_subclass, set_class
 from steerable.layers import forget
 from steerable.positions import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.recording import Recording, record
@@ -90,6 +90,7 @@ class SteerableModel:
         state = model._steerable
         for handle in list(state.handles):
             handle.remove()
+        state.unwrapped = True
         for layer in state.layers:
             for module in layer.modules():
                 forget(module)
@@ -101,6 +102,11 @@ class SteerableModel:
         del model.__dict__["_steerable"]
         model.__class__ = original_class(model)  # type: ignore[assignment]
         return model
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """``pickle`` / ``torch.save`` store the plain model (steerings are not saved); after loading,
+        ``SteerableModel.wrap(loaded)`` makes it steerable again."""
+        return plain_reduction(self)  # type: ignore[arg-type]
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -172,6 +178,7 @@ class SteerableModel:
         positions: PositionMode | Tensor = "all",
         min_token_index: int | None = None,
         norm_preserving: bool = False,
+        token_indices: Any = None,
     ) -> SteeringHandle:
         """Apply ``vector`` now; returns a handle (also a context manager) that removes it.
 
@@ -182,6 +189,8 @@ class SteerableModel:
         ``positions``: ``"all"``, ``"prompt"``, ``"generated"``, or a boolean mask ``[rows, prompt_len]``
         (or ``[prompt_len]``) over absolute token positions. ``min_token_index``: only tokens at this
         absolute position (counted from each row's first non-padding token) or later.
+        ``token_indices``: the steering-vectors library's spelling of a selection: a list of positions,
+        a slice, or a 0/1 or boolean tensor.
         """
         return steer(
             self._steerable,
@@ -192,4 +201,5 @@ class SteerableModel:
             positions=positions,
             min_token_index=min_token_index,
             norm_preserving=norm_preserving,
+            token_indices=token_indices,
         )

@@ -22,28 +22,54 @@ _TAP_SCOPES: ContextVar[tuple[object, ...]] = ContextVar("steerable_tap_scopes",
 class Recording:
     """What ``model.record(...)`` collected: one entry per forward call.
 
-    ``recording[layer]`` is the activations of that layer, ``[batch, seq, d_model]``; over several
-    forward calls (``generate`` with a KV cache: the prompt, then one token per step) the steps are
-    concatenated along the sequence. ``steps`` and ``positions`` keep them apart, with the absolute
-    position of each token (counted from each row's first non-padding token, -1 for padding).
+    ``recording[layer]`` is the activations of that layer, ``[batch, seq, d_model]``. Over several
+    forward calls of one sequence (``generate`` with a KV cache: the prompt, then one token per step)
+    the steps are concatenated along the sequence. ``recording.forwards(layer)`` gives each forward's
+    activations apart (independent batches, of any size), and ``steps`` / ``positions`` hold each
+    forward's layers and the absolute position of each token (counted from each row's first
+    non-padding token, -1 for padding). Layers are named as given; ``-1`` and ``n - 1`` both work.
     """
 
-    def __init__(self, layers: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[int], num_layers: int | None = None) -> None:
         self.layers = list(layers)
+        self.num_layers = num_layers
         self.steps: list[dict[int, Tensor]] = []
         self.positions: list[Int[Tensor, "batch seq"]] = []
 
-    def __getitem__(self, layer: int) -> Float[Tensor, "batch seq d_model"]:
+    def _key(self, layer: int) -> int:
+        if layer in self.layers or self.num_layers is None or not isinstance(layer, int):
+            return layer
+        return next((k for k in self.layers if k % self.num_layers == layer % self.num_layers), layer)
+
+    def forwards(self, layer: int) -> list[Float[Tensor, "batch seq d_model"]]:
+        """The activations of ``layer`` in each forward call, in order."""
+        key = self._key(layer)
+        if key not in self.layers:
+            raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
         if not self.steps:
             raise KeyError(f"nothing was recorded for layer {layer}: run the model inside the record block")
-        if layer not in self.steps[0]:
-            raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
-        if len(self.steps) == 1:
-            return self.steps[0][layer]
-        return torch.cat([step[layer] for step in self.steps], dim=1)
+        return [step[key] for step in self.steps]
+
+    def __getitem__(self, layer: int) -> Float[Tensor, "batch seq d_model"]:
+        per_forward = self.forwards(layer)
+        if len(per_forward) == 1:
+            return per_forward[0]
+        batches = [t.shape[0] for t in per_forward]
+        if len(set(batches)) != 1:
+            raise ValueError(
+                f"the {len(per_forward)} forwards recorded had batch sizes {batches}: they are not one sequence "
+                "to concatenate; read them one by one with recording.forwards(layer)"
+            )
+        return torch.cat(per_forward, dim=1)
 
     def __contains__(self, layer: object) -> bool:
-        return layer in self.layers
+        return isinstance(layer, int) and self._key(layer) in self.layers
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
 
     def keys(self) -> list[int]:
         return list(self.layers)
@@ -68,8 +94,11 @@ def record(
     ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
     """
     state: ModelState = model._steerable
-    indices = resolve_layers(state, list(layers) if layers is not None else list(range(len(state.layers))))
-    recording = Recording([original for original, _ in indices])
+    layer_list = list(layers) if layers is not None else list(range(len(state.layers)))
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one layer index to record (or None for all)")
+    indices = resolve_layers(state, layer_list)
+    recording = Recording([original for original, _ in indices], len(state.layers))
     current: dict[int, Tensor] = {}
     seen: dict[int, StepContext | None] = {}
 
@@ -135,11 +164,12 @@ def taps_installed(
     finally:
         _TAP_SCOPES.reset(token)
         with state.lock:
-            for module, tap in installed:
-                module._steerable_taps = tuple(t for t in module._steerable_taps if t is not tap)
-                state.refresh(module)
-            state.taps -= 1
-            state.deactivate_if_idle()
+            if not state.unwrapped:  # unwrapped inside the block: nothing is left to remove
+                for module, tap in installed:
+                    module._steerable_taps = tuple(t for t in module._steerable_taps if t is not tap)
+                    state.refresh(module)
+                state.taps -= 1
+                state.deactivate_if_idle()
 
 
 def record_activations(

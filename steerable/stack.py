@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from steerable.class_swap import plain_reduction
 from steerable.positions import CURRENT_STEP, LENGTHS_KWARG, STEP_KWARG
 from steerable.state import ModelState  # at run time: transformers evaluates the annotations
 
@@ -19,6 +20,9 @@ class SteerableStack(nn.Module):
     """Mixin placed before the decoder stack's class in the MRO."""
 
     _steerable_state: ModelState
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return plain_reduction(self)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         state = self._steerable_state

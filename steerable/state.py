@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from steerable.architectures import ArchitectureSpec, get_submodule
+from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
 from steerable.layers import Slot, SteerableLayer, make_steerable, restore
 from steerable.positions import (
     PROMPT_LENGTHS,
@@ -56,6 +56,7 @@ class ModelState:
     generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
     forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    unwrapped: bool = False
 
     # -- token selections ----------------------------------------------------------------------
     def occupy_selection(self, selection: Selection) -> int:
@@ -128,16 +129,22 @@ class ModelState:
             for module in layer.modules():
                 restore(module)
 
+    def check_site(self, site: str) -> str:
+        """``site`` (seed-library names mapped to ours) if this model has it, else a ValueError."""
+        site = canonical_site(site)
+        if site != "block" and site not in self.spec.sites:
+            available = ", ".join(["block", *self.spec.sites])
+            raise ValueError(f"site {site!r} is not available for this architecture; available: {available}")
+        return site
+
     def site_module(self, layer_index: int, site: str) -> SteerableLayer:
         """The steerable module of ``site`` in decoder layer ``layer_index`` (swapped in on first use)."""
+        site = self.check_site(site)
         self.activate()
         layer = self.layers[layer_index]
         if site == "block":
             assert isinstance(layer, SteerableLayer)
             return layer
-        if site not in self.spec.sites:
-            available = ", ".join(["block", *self.spec.sites])
-            raise ValueError(f"site {site!r} is not available for this architecture; available: {available}")
         module = get_submodule(layer, self.spec.sites[site])
         if module is None:
             raise ValueError(

@@ -153,23 +153,25 @@ def make_plan(
     positions: PositionMode | Tensor,
     min_token_index: int | None,
     norm_preserving: bool,
+    token_indices: Any = None,
 ) -> Plan:
     """Validate everything and compute every tensor before the model is touched."""
     if not isinstance(vector, SteeringVector):
         raise TypeError(f"expected a SteeringVector, got {type(vector).__name__}")
     op = resolve_operator(operator, norm_preserving)
-    if vector.site not in SITES:
-        raise ValueError(f"unknown site {vector.site!r}: use one of {', '.join(SITES)}")
-    if vector.site != "block" and vector.site not in state.spec.sites:
-        available = ", ".join(["block", *state.spec.sites])
-        raise ValueError(f"site {vector.site!r} is not available for this architecture; available: {available}")
-    if state.hidden_size is not None and vector.hidden_size != state.hidden_size:
+    state.check_site(vector.site)
+    # the built-in sites carry the residual width; a registered custom site may have its own
+    if state.hidden_size is not None and vector.site in SITES and vector.hidden_size != state.hidden_size:
         raise ValueError(
             f"the steering vector has hidden size {vector.hidden_size} but the model's is "
             f"{state.hidden_size}: it was trained for a different model"
         )
     layer_indices = dict(resolve_layers(state, vector.layers))
     m, rows = _multiplier(multiplier, vector.rows)
+    if token_indices is not None:
+        if isinstance(positions, Tensor) or positions != "all":
+            raise ValueError("give token_indices or positions, not both")
+        positions, min_token_index = _token_indices(token_indices, min_token_index)
     selection = _selection(positions, min_token_index, rows)
     trainable = m.requires_grad or any(vector[layer].requires_grad for layer in layer_indices)
 
@@ -215,6 +217,37 @@ def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int |
             raise ValueError(f"the multiplier has {m.shape[0]} rows but the vector has {rows}: they must match")
         rows = m.shape[0]
     return m, rows
+
+
+def _token_indices(indices: Any, min_token_index: int | None) -> tuple[PositionMode | Tensor, int | None]:
+    """The steering-vectors library's ``token_indices`` (a list, a slice, or a 0/1 or boolean tensor,
+    over token positions) as a mask over absolute positions or a ``min_token_index``."""
+    if isinstance(indices, slice):
+        start, stop, step = indices.start or 0, indices.stop, indices.step or 1
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, step)) or start < 0 or step < 1:
+            raise ValueError(f"token_indices {indices}: use a slice with a start >= 0 and a step >= 1")
+        if stop is None:
+            if step != 1:
+                raise ValueError(f"token_indices {indices}: an open-ended slice cannot have a step")
+            return "all", max(start, min_token_index or 0)
+        if not isinstance(stop, int) or stop < 0:
+            raise ValueError(f"token_indices {indices}: the stop must be an int >= 0 (positions count from the start)")
+        indices = list(range(start, stop, step))
+    if isinstance(indices, (list, tuple)):
+        if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+            raise ValueError(
+                f"token_indices must be non-negative ints (positions from each row's first token), got {indices!r}"
+            )
+        mask = torch.zeros(max(indices) + 1, dtype=torch.bool)
+        mask[list(indices)] = True
+        return mask, min_token_index
+    if isinstance(indices, Tensor):
+        if indices.dtype != torch.bool:
+            if indices.is_floating_point() or not bool(((indices == 0) | (indices == 1)).all()):
+                raise ValueError("a token_indices tensor must be boolean or hold only 0 and 1")
+            indices = indices.bool()
+        return indices, min_token_index
+    raise TypeError(f"token_indices must be a list, a slice or a tensor, got {type(indices).__name__}")
 
 
 def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> Selection:

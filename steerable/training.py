@@ -50,13 +50,108 @@ def train_steering_vector(
     site: str = "block",
     show_progress: bool | None = None,
     description: str | None = None,
+    move_to_cpu: bool = False,
 ) -> SteeringVector:
     """Train a steering vector on ``pairs`` at ``layers`` (default: all) of a steerable ``model``.
 
     ``method``: ``"mean"`` (CAA: mean of positive minus negative), ``"pca_diff"``, ``"pca_center"``,
     ``"logistic"`` (see ``steerable.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
-    Results do not depend on ``batch_size`` or the tokenizer's padding side.
+    Results do not depend on ``batch_size`` or the tokenizer's padding side. ``move_to_cpu``: keep
+    what is collected on the CPU (``mean``'s running sums; other methods always keep reads there).
     """
+    aggregate = _aggregator(method)
+    streaming = method == "mean"
+    resolved, n_pairs, collected = _collect(
+        model, tokenizer, pairs, layers, read_token_index, batch_size, site, show_progress, streaming, move_to_cpu
+    )
+    vectors: dict[int, Tensor] = {}
+    for layer, _ in resolved:
+        if streaming:
+            vectors[layer] = ((collected[layer][0] - collected[layer][1]) / n_pairs).float().cpu()
+        else:
+            pos, neg = collected[layer]
+            vectors[layer] = _checked(aggregate(pos, neg), layer, method, pos.shape[-1]).float()
+    config = getattr(model, "config", None)
+    return SteeringVector(
+        vectors,
+        site=site,
+        model_type=getattr(config, "model_type", None),
+        model_name=getattr(config, "name_or_path", None) or None,
+        method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
+        description=description,
+        num_layers=len(model._steerable.layers),
+    )
+
+
+def extract_activations(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[ContrastivePair | tuple[str, str]],
+    layers: Iterable[int] | None = None,
+    read_token_index: ReadIndex = -1,
+    batch_size: int = 16,
+    site: str = "block",
+    show_progress: bool | None = None,
+    move_to_cpu: bool = True,
+) -> tuple[dict[int, Float[Tensor, "n_pairs d_model"]], dict[int, Float[Tensor, "n_pairs d_model"]]]:
+    """Per-pair activations at the read positions, without aggregating: ``(positive, negative)``, each
+    ``{layer: tensor[n_pairs, d_model]}`` (the steering-vectors library's first step). Keeps every
+    activation; ``train_steering_vector(method="mean")`` streams instead."""
+    resolved, _, collected = _collect(
+        model, tokenizer, pairs, layers, read_token_index, batch_size, site, show_progress, False, move_to_cpu
+    )
+    return {layer: collected[layer][0] for layer, _ in resolved}, {layer: collected[layer][1] for layer, _ in resolved}
+
+
+def aggregate_activations(
+    positive: dict[int, Float[Tensor, "n d_model"]],
+    negative: dict[int, Float[Tensor, "n d_model"]],
+    method: str | Aggregator = "mean",
+) -> dict[int, Float[Tensor, " d_model"]]:
+    """One direction per layer from per-pair activations (the steering-vectors library's second step);
+    wrap the result in ``SteeringVector(...)`` to steer with it."""
+    aggregate = _aggregator(method)
+    if positive.keys() != negative.keys():
+        raise ValueError(
+            f"positive and negative activations cover different layers: {list(positive)} vs {list(negative)}"
+        )
+    out: dict[int, Tensor] = {}
+    for layer in positive:
+        pos, neg = positive[layer], negative[layer]
+        if pos.ndim != 2 or pos.shape != neg.shape:
+            raise ValueError(
+                f"layer {layer}: expected positive and negative activations of the same shape [n, d], got "
+                f"{list(pos.shape)} and {list(neg.shape)}"
+            )
+        out[layer] = _checked(aggregate(pos.float(), neg.float()), layer, method, pos.shape[-1]).float()
+    return out
+
+
+def _checked(direction: Any, layer: int, method: Any, width: int) -> Tensor:
+    """An aggregator's result, checked: one finite direction of the activations' width."""
+    name = method if isinstance(method, str) else getattr(method, "__name__", "the aggregator")
+    if not isinstance(direction, Tensor) or direction.ndim != 1 or direction.shape[0] != width:
+        got = list(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
+        raise ValueError(f"layer {layer}: {name} returned {got}; an aggregator must return a tensor [{width}]")
+    if not bool(torch.isfinite(direction).all()):
+        raise ValueError(f"layer {layer}: {name} returned non-finite values (nan or inf)")
+    return direction
+
+
+def _collect(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[ContrastivePair | tuple[str, str]],
+    layers: Iterable[int] | None,
+    read_token_index: ReadIndex,
+    batch_size: int,
+    site: str,
+    show_progress: bool | None,
+    streaming: bool,
+    move_to_cpu: bool,
+) -> tuple[list[tuple[int, int]], int, dict[int, Tensor]]:
+    """Run the pairs through the model and collect, per layer, ``[2, d]`` running sums (``streaming``)
+    or ``[2, n_pairs, d]`` reads (positive first)."""
     from steerable.model import SteerableModel
     from steerable.recording import taps_installed
     from steerable.state import resolve_layers
@@ -66,7 +161,7 @@ def train_steering_vector(
     state = model._steerable
     net: Any = model
     texts, reads = _texts_and_reads(pairs, read_token_index)
-    aggregate = _aggregator(method)
+    site = state.check_site(site)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     layer_list = list(layers) if layers is not None else list(range(len(state.layers)))
@@ -74,7 +169,6 @@ def train_steering_vector(
         raise ValueError("layers is empty: give at least one layer index")
     resolved = resolve_layers(state, layer_list)
 
-    streaming = method == "mean"
     n_pairs = len(texts) // 2
     token_ids: list[list[int]] = [list(ids) for ids in tokenizer(texts)["input_ids"]]
     chosen = [_resolve_read(t, r, len(ids)) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
@@ -158,27 +252,14 @@ def train_steering_vector(
                 if streaming:
                     kinds_here = kinds.to(read.device)
                     batch_sum = torch.stack([read[kinds_here == k].double().sum(0) for k in (0, 1)])
+                    batch_sum = batch_sum.cpu() if move_to_cpu else batch_sum
                     sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
                 else:
                     if layer not in stored:
                         stored[layer] = torch.zeros(2, n_pairs, read.shape[-1])
                     stored[layer][kinds, pair_ids] = read.cpu()
 
-    vectors: dict[int, Tensor] = {}
-    for layer, _ in resolved:
-        if streaming:
-            vectors[layer] = ((sums[layer][0] - sums[layer][1]) / n_pairs).float()
-        else:
-            vectors[layer] = aggregate(stored[layer][0], stored[layer][1]).float()
-    config = getattr(model, "config", None)
-    return SteeringVector(
-        vectors,
-        site=site,
-        model_type=getattr(config, "model_type", None),
-        model_name=getattr(config, "name_or_path", None) or None,
-        method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
-        description=description,
-    )
+    return resolved, n_pairs, sums if streaming else stored
 
 
 def _texts_and_reads(

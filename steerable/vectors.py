@@ -12,9 +12,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerable.architectures import SITES
+from steerable.architectures import SITE_ALIASES, canonical_site
 
 FORMAT_VERSION = "1"
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
@@ -35,9 +36,9 @@ class SteeringVector:
         model_name: str | None = None,
         method: str | None = None,
         description: str | None = None,
+        num_layers: int | None = None,
     ) -> None:
-        if site not in SITES:
-            raise ValueError(f"unknown site {site!r}: use one of {', '.join(SITES)}")
+        site = canonical_site(site)
         if not isinstance(layer_activations, Mapping) or len(layer_activations) == 0:
             raise ValueError("a SteeringVector needs at least one layer: pass {layer_index: tensor[d_model]}")
         vectors: dict[int, Tensor] = {}
@@ -66,6 +67,11 @@ class SteeringVector:
         self.model_name = model_name
         self.method = method
         self.description = description
+        if num_layers is not None and (
+            isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1
+        ):
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self.num_layers = num_layers  # the model's layer count, when known: then -1 and n-1 name one layer
 
     # -- what it holds ------------------------------------------------------------------------
     @property
@@ -83,10 +89,27 @@ class SteeringVector:
         return int(first.shape[0]) if first.ndim == 2 else None
 
     def __getitem__(self, layer: int) -> Tensor:
-        return self._vectors[layer]
+        return self._vectors[self._key(layer)]
 
     def __contains__(self, layer: object) -> bool:
-        return layer in self._vectors
+        return isinstance(layer, int) and self._key(layer) in self._vectors
+
+    def _key(self, layer: int) -> int:
+        """Layers are kept as given; with ``num_layers`` known, -1 and n-1 find the same entry."""
+        if layer in self._vectors or self.num_layers is None or not -self.num_layers <= layer < self.num_layers:
+            return layer
+        return next((k for k in self._vectors if k % self.num_layers == layer % self.num_layers), layer)
+
+    # -- the steering-vectors library's names ---------------------------------------------------
+    @property
+    def layer_activations(self) -> dict[int, Tensor]:
+        """``{layer: tensor}``, as ``steering_vectors.SteeringVector.layer_activations``."""
+        return dict(self._vectors)
+
+    @property
+    def layer_type(self) -> str:
+        """The site in the steering-vectors library's words (``decoder_block``, ``self_attn``, ...)."""
+        return next((seed for seed, ours in SITE_ALIASES.items() if ours == self.site), self.site)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._vectors)
@@ -104,6 +127,7 @@ class SteeringVector:
             "model_name": self.model_name,
             "method": self.method,
             "description": self.description,
+            "num_layers": self.num_layers,
         }
 
     def __repr__(self) -> str:
@@ -126,9 +150,11 @@ class SteeringVector:
             raise ValueError(f"cannot combine vectors at different sites ({self.site!r} and {other.site!r})")
         if other.hidden_size != self.hidden_size:
             raise ValueError(f"cannot combine vectors of hidden size {self.hidden_size} and {other.hidden_size}")
-        result = dict(self._vectors)
+        # one dtype for all layers (fp32 + fp16 gives fp32 everywhere, as tensors do)
+        dtype = torch.promote_types(next(iter(self._vectors.values())).dtype, next(iter(other._vectors.values())).dtype)
+        result = {layer: v.to(dtype) for layer, v in self.items()}
         for layer, vector in other.items():
-            vector = vector.to(result[layer]) if layer in result else vector
+            vector = vector.to(result[layer] if layer in result else dtype)
             result[layer] = result[layer] + sign * vector if layer in result else sign * vector
         return self._with(result)
 
@@ -169,8 +195,10 @@ class SteeringVector:
             "layers": json.dumps(self.layers),
             "hidden_size": str(self.hidden_size),
             "dtype": str(next(iter(self._vectors.values())).dtype).removeprefix("torch."),
+            # layers may differ in dtype (fp32 + fp16 vectors); each is checked on load
+            "dtypes": json.dumps({str(k): str(v.dtype).removeprefix("torch.") for k, v in self.items()}),
         }
-        for key in ("model_type", "model_name", "method", "description"):
+        for key in ("model_type", "model_name", "method", "description", "num_layers"):
             value = getattr(self, key)
             if value is not None:
                 metadata[key] = str(value)
@@ -237,25 +265,34 @@ class SteeringVector:
         if metadata["format_version"] != FORMAT_VERSION:
             raise ValueError(f"{name}: format version {metadata['format_version']} is not supported")
         try:
-            layers = [int(layer) for layer in json.loads(metadata["layers"])]
+            layers = json.loads(metadata["layers"])
             hidden_size = int(metadata["hidden_size"])
+            dtypes = json.loads(metadata["dtypes"]) if "dtypes" in metadata else {}
         except (ValueError, TypeError) as error:
             raise ValueError(f"{name}: malformed metadata: {error}") from error
+        if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise ValueError(f"{name}: malformed metadata: layers must be a list of integers, got {metadata['layers']}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{name}: malformed metadata: layers {layers} repeat a layer")
         expected = {f"layer.{layer}" for layer in layers}
         if set(tensors) != expected:
             raise ValueError(f"{name}: tensors {sorted(tensors)} do not match the layers {layers} in the metadata")
         vectors: dict[int, Tensor] = {}
         for layer in layers:
             tensor = tensors[f"layer.{layer}"]
-            if tensor.shape[-1] != hidden_size or tensor.ndim not in (1, 2):
+            if tensor.dtype not in _FLOAT_DTYPES:
+                raise ValueError(
+                    f"{name}: layer {layer} is not floating point of a supported kind ({tensor.dtype}); vectors are "
+                    "float16, bfloat16, float32 or float64"
+                )
+            if tensor.ndim not in (1, 2) or tensor.shape[-1] != hidden_size:
                 raise ValueError(
                     f"{name}: layer {layer} has shape {list(tensor.shape)}, expected [{hidden_size}] "
                     f"or [rows, {hidden_size}]"
                 )
-            if str(tensor.dtype).removeprefix("torch.") != metadata["dtype"]:
-                raise ValueError(f"{name}: layer {layer} has dtype {tensor.dtype}, metadata says {metadata['dtype']}")
-            if not tensor.is_floating_point():
-                raise ValueError(f"{name}: layer {layer} is not floating point ({tensor.dtype})")
+            expected_dtype = dtypes.get(str(layer), metadata["dtype"]) if isinstance(dtypes, dict) else None
+            if str(tensor.dtype).removeprefix("torch.") != expected_dtype:
+                raise ValueError(f"{name}: layer {layer} has dtype {tensor.dtype}, metadata says {expected_dtype}")
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{name}: layer {layer} has non-finite values (nan or inf)")
             vectors[layer] = tensor
@@ -266,4 +303,13 @@ class SteeringVector:
             model_name=metadata.get("model_name"),
             method=metadata.get("method"),
             description=metadata.get("description"),
+            num_layers=_int_or_none(metadata.get("num_layers"), name),
         )
+
+
+def _int_or_none(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{name}: malformed metadata: num_layers is {value!r}, not a positive integer")
+    return int(value)

@@ -66,10 +66,10 @@ def test_train_then_generate(tiny_dir, tmp_path, capsys) -> None:
 
 def test_bad_arguments_and_files_fail_with_one_line(tmp_path, capsys) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
-    assert main(["info", str(tmp_path / "bad.safetensors")]) == 1
+    assert main(["info", str(tmp_path / "bad.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("steerable info: error:") and "\n" not in err
-    assert main(["info", str(tmp_path / "missing.gguf")]) == 1
+    assert main(["info", str(tmp_path / "missing.gguf")]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--method", "median"])
@@ -110,5 +110,5 @@ def test_sweep_end_to_end(tiny_dir, tmp_path, capsys) -> None:
     assert (out / "sweep_curves.png").stat().st_size > 1000 and (out / "sweep_heatmap.png").stat().st_size > 1000
     assert len(json.loads((out / "samples.json").read_text())) == 2 * 3
     assert "most steerable layer" in capsys.readouterr().out
-    assert main(["sweep", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.json")]) == 1
+    assert main(["sweep", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.json")]) == 2
     assert "steerable sweep: error:" in capsys.readouterr().err

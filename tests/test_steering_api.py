@@ -168,9 +168,13 @@ def test_site_missing_in_one_layer_rolls_back(pair) -> None:
     assert all(type(m).__mro__[1].__name__ != type(m).__name__ for m in model.model.layers[0].modules())
 
 
-def test_unknown_site_and_bad_vectors_error_at_construction() -> None:
-    with pytest.raises(ValueError, match="unknown site 'resid'"):
-        SteeringVector({1: torch.randn(4)}, site="resid")
+def test_bad_vectors_error_at_construction_and_unknown_sites_at_steer(pair) -> None:
+    _, model = pair
+    custom = SteeringVector({1: torch.randn(32)}, site="resid")  # architectures may register their own sites
+    with pytest.raises(ValueError, match="site 'resid' is not available for this architecture; available: block"):
+        model.steer(custom)
+    with pytest.raises(TypeError, match="a site must be a non-empty string"):
+        SteeringVector({1: torch.randn(4)}, site="")
     with pytest.raises(ValueError, match="non-finite"):
         SteeringVector({1: torch.tensor([1.0, float("nan")])})
     with pytest.raises(ValueError, match="at least one layer"):
