@@ -1,6 +1,7 @@
 """steerable: steering vectors for Hugging Face transformers, inline in the decoder layers."""
 
 from steerable.architectures import ARCHITECTURES, SITES, ArchitectureSpec, register_architecture
+from steerable.learned import Completion, Preference, optimize_steering_vector
 from steerable.model import SteerableModel
 from steerable.operators import OPERATORS, Operator, register_operator
 from steerable.recording import Recording, record_activations
@@ -15,8 +16,10 @@ __all__ = [
     "OPERATORS",
     "SITES",
     "ArchitectureSpec",
+    "Completion",
     "ContrastivePair",
     "Operator",
+    "Preference",
     "Recording",
     "aggregate_activations",
     "extract_activations",
@@ -25,6 +28,7 @@ __all__ = [
     "SteeringVector",
     "record_activations",
     "register_operator",
+    "optimize_steering_vector",
     "register_architecture",
     "train_steering_vector",
 ]

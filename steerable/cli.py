@@ -46,24 +46,38 @@ def _model(name: str | None):  # type: ignore[no-untyped-def]
 def train(args: argparse.Namespace) -> None:
     import json
 
-    from steerable.datasets import sentiment_pairs
+    from steerable.datasets import sentiment_pairs, sentiment_preferences
+    from steerable.learned import Completion, Preference, optimize_steering_vector
     from steerable.training import ContrastivePair, train_steering_vector
 
     model, tokenizer = _model(args.model)
-    pairs: list[ContrastivePair | tuple[str, str]]
+    layers = [int(x) for x in args.layers.split(",")]
+    learned = args.method in ("bipo", "likelihood")
     if args.data == "sentiment":
-        pairs = list(sentiment_pairs(tokenizer))
+        preferences = sentiment_preferences(tokenizer)
+        pairs: list[ContrastivePair | tuple[str, str]] = list(sentiment_pairs(tokenizer))
     else:
         items = json.loads(Path(args.data).read_text())
         if not isinstance(items, list) or not all(
             isinstance(i, dict) and {"positive", "negative"} <= i.keys() for i in items
         ):
-            raise ValueError(f"{args.data}: expected a JSON list of {{'positive': ..., 'negative': ...}} objects")
-        pairs = [(i["positive"], i["negative"]) for i in items]
-    layers = [int(x) for x in args.layers.split(",")]
-    vector = train_steering_vector(
-        model, tokenizer, pairs, layers=layers, method=args.method, batch_size=args.batch_size
-    )
+            raise ValueError(
+                f"{args.data}: expected a JSON list of {{'positive': ..., 'negative': ...}} objects "
+                "(with 'prompt' too for bipo and likelihood)"
+            )
+        preferences = [Preference(i.get("prompt", ""), i["positive"], i["negative"]) for i in items]
+        pairs = [(i.get("prompt", "") + i["positive"], i.get("prompt", "") + i["negative"]) for i in items]
+    if learned:
+        data: list[Preference] | list[Completion] = preferences
+        if args.method == "likelihood":
+            data = [Completion(p.prompt, p.chosen) for p in preferences]
+        vector = optimize_steering_vector(
+            model, tokenizer, data, layers, args.method, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size
+        )
+    else:
+        vector = train_steering_vector(
+            model, tokenizer, pairs, layers=layers, method=args.method, batch_size=args.batch_size
+        )
     vector.save(args.out)
     print(f"saved {vector} to {args.out}")
 
@@ -139,8 +153,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
     p.add_argument("--data", default="sentiment", help="'sentiment' (shipped) or a JSON list of {positive, negative}")
     p.add_argument("--layers", default="6", help="comma-separated layer indices")
-    p.add_argument("--method", default="mean", choices=["mean", "pca_diff", "pca_center", "logistic"])
+    p.add_argument(
+        "--method",
+        default="mean",
+        choices=["mean", "pca_diff", "pca_center", "logistic", "bipo", "likelihood"],
+        help="an aggregation of activations, or a learned vector: bipo (preferences), likelihood (positives)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (bipo, likelihood)")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the data (bipo, likelihood)")
     p.add_argument("--out", default="vector.safetensors")
     p.set_defaults(run=train)
     p = commands.add_parser("generate", help="unsteered and steered replies to one prompt")

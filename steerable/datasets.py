@@ -38,6 +38,16 @@ def sentiment_pairs(tokenizer: Any) -> list[ContrastivePair]:
     return pairs
 
 
+def sentiment_preferences(tokenizer: Any) -> list[Any]:
+    """The same data as (chat prompt, positive reply, negative reply) preferences, for learned vectors."""
+    from steerable.learned import Preference
+
+    return [
+        Preference(chat_prompt(tokenizer, item["prompt"]), item["positive"], item["negative"])
+        for item in _load("sentiment_pairs.json")["pairs"]
+    ]
+
+
 def sentiment_prompts() -> list[str]:
     """Held-out user prompts (not in the training pairs)."""
     return list(_load("sentiment_prompts.json")["prompts"])

@@ -1,0 +1,281 @@
+"""Learned steering vectors: optimise a vector by gradient while the model stays frozen.
+
+Objectives:
+
+- ``"likelihood"``: make target completions more likely given their prompts when the vector is added
+  (mean negative log-likelihood of the completion tokens; an empty prompt is the "promptless" case).
+- ``"bipo"``: bi-directional preference optimisation (arXiv 2406.00045). With ``+v`` the log-ratio
+  ``log p(chosen) - log p(rejected)``, measured relative to the unsteered model, goes up; with ``-v``
+  it goes down. The paper samples the direction ``d`` in {+1, -1} per step; here both are averaged,
+  which is the same expectation, computed exactly (and deterministic)::
+
+      r(d) = beta * ([log p_dv(chosen) - log p_0(chosen)] - [log p_dv(rejected) - log p_0(rejected)])
+      loss = -(log sigmoid(r(+1)) + log sigmoid(-r(-1))) / 2
+
+- any callable ``loss(model, items) -> Tensor``, run while the vector steers the model.
+
+Losses cover completion tokens only; prompts and padding never count, on either padding side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from steerable.vectors import SteeringVector
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A prompt and the completion to make more likely (``prompt`` may be empty)."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A prompt, the completion to prefer and the one to avoid."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+Objective = str | Callable[[Any, list[Any]], Tensor]
+
+
+@dataclass
+class Batch:
+    """Prompt + completion token rows, padded, with a mask of the completion tokens to score."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    position_ids: Int[Tensor, "batch seq"]
+    scored: Bool[Tensor, "batch seq"]  # token t is scored (predicted from t-1)
+
+
+def encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], device: torch.device) -> Batch:
+    """Tokenise prompt and completion apart (so the boundary is exact) and pad on the tokenizer's side."""
+    rows: list[tuple[list[int], int]] = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        prompt_ids = list(tokenizer(prompt)["input_ids"]) if prompt else []
+        if not prompt_ids and getattr(tokenizer, "bos_token_id", None) is not None:
+            prompt_ids = [tokenizer.bos_token_id]  # promptless: the first completion token needs a context
+        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        if not completion_ids:
+            raise ValueError(f"the completion {completion!r} has no tokens")
+        rows.append((prompt_ids + completion_ids, len(prompt_ids)))
+    width = max(len(ids) for ids, _ in rows)
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    scored = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, (tokens, prompt_length) in enumerate(rows):
+        start = width - len(tokens) if left else 0
+        ids[row, start : start + len(tokens)] = torch.tensor(tokens)
+        mask[row, start : start + len(tokens)] = 1
+        scored[row, start + max(prompt_length, 1) : start + len(tokens)] = True
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # absolute-position models need them under padding
+    return Batch(ids.to(device), mask.to(device), positions.to(device), scored.to(device))
+
+
+def sequence_logprobs(model: Any, batch: Batch) -> Float[Tensor, " batch"]:
+    """Sum of log p(token | everything before it) over each row's scored (completion) tokens."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    logits = logits.logits if hasattr(logits, "logits") else logits[0]
+    logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return (logprobs * batch.scored[:, 1:]).sum(-1)
+
+
+def bipo_loss(
+    steered_chosen: Tensor,
+    steered_rejected: Tensor,
+    anti_chosen: Tensor,
+    anti_rejected: Tensor,
+    reference_chosen: Tensor,
+    reference_rejected: Tensor,
+    beta: float,
+) -> Tensor:
+    """BiPO's loss from sequence log-probabilities with ``+v`` (steered), ``-v`` (anti) and none."""
+    plus = beta * ((steered_chosen - reference_chosen) - (steered_rejected - reference_rejected))
+    minus = beta * ((anti_chosen - reference_chosen) - (anti_rejected - reference_rejected))
+    return -(F.logsigmoid(plus) + F.logsigmoid(-minus)).mean() / 2
+
+
+def optimize_steering_vector(
+    model: Any,
+    tokenizer: Any,
+    data: Iterable[Any],
+    layers: Iterable[int],
+    objective: Objective = "likelihood",
+    *,
+    site: str = "block",
+    multiplier: float = 1.0,
+    lr: float = 1e-2,
+    epochs: int = 1,
+    steps: int | None = None,
+    batch_size: int = 8,
+    accumulate: int = 1,
+    init: SteeringVector | None = None,
+    max_norm: float | None = None,
+    beta: float = 0.1,
+    seed: int = 0,
+    patience: int | None = None,
+    show_progress: bool | None = None,
+    description: str | None = None,
+) -> SteeringVector:
+    """Learn a steering vector at ``layers`` by gradient; the model's weights do not change.
+
+    ``data``: :class:`Completion` items (or ``(prompt, completion)`` tuples) for ``"likelihood"``,
+    :class:`Preference` items (or ``(prompt, chosen, rejected)``) for ``"bipo"``, anything your
+    callable takes otherwise. ``epochs`` passes over the data (or exactly ``steps`` optimizer steps),
+    Adam at ``lr``, ``batch_size`` items per forward, ``accumulate`` forwards per step. ``init``: a
+    vector to start from (default zeros); ``max_norm``: each layer's vector is projected back inside
+    this norm after every step. ``patience``: stop when the epoch's mean loss has not improved for this
+    many epochs. Deterministic for a given ``seed``.
+    """
+    from steerable.model import SteerableModel
+
+    if not isinstance(model, SteerableModel):
+        raise TypeError("optimize_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
+    items = list(data)
+    if not items:
+        raise ValueError("data is empty: give at least one example")
+    loss_of = _objective(objective, tokenizer, beta)
+    layer_list = list(layers)
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one layer index")
+    for name, value, low in (("batch_size", batch_size, 1), ("accumulate", accumulate, 1), ("epochs", epochs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+    net: Any = model
+    generator = torch.Generator().manual_seed(seed)
+    hidden = init.hidden_size if init is not None else net._steerable.hidden_size
+    if hidden is None:
+        raise ValueError("the model's hidden size is unknown: pass init=SteeringVector(...) to start from")
+    device = next(p for p in net.parameters() if p.device.type != "meta").device
+    parameters: dict[int, nn.Parameter] = {}
+    for layer in layer_list:
+        start = init[layer].detach().float().clone() if init is not None and layer in init else torch.zeros(hidden)
+        parameters[layer] = nn.Parameter(start.to(device))
+    vector = SteeringVector(parameters, site=site)
+    optimizer = torch.optim.Adam(list(parameters.values()), lr=lr)
+    per_epoch = math.ceil(len(items) / batch_size)
+    total = steps if steps is not None else epochs * math.ceil(per_epoch / accumulate)
+    frozen = [(p, p.requires_grad) for p in net.parameters()]
+    best, stale, done = math.inf, 0, 0
+    progress = tqdm(total=total, desc="Optimising steering vector", disable=not (show_progress or total >= 20))
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)  # the model is frozen: only the vector learns
+        with model.steer(vector, multiplier) as handle:
+            while done < total:
+                order = torch.randperm(len(items), generator=generator).tolist()
+                batches = [[items[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+                epoch_losses = []
+                for first in range(0, len(batches), accumulate):
+                    group = batches[first : first + accumulate]
+                    optimizer.zero_grad()
+                    for batch in group:
+                        loss = loss_of(model, handle, multiplier, batch, device)
+                        (loss / len(group)).backward()
+                        epoch_losses.append(float(loss.detach()))
+                    optimizer.step()
+                    if max_norm is not None:
+                        with torch.no_grad():
+                            for p in parameters.values():
+                                p.mul_(torch.clamp(max_norm / p.norm().clamp_min(1e-12), max=1.0))
+                    done += 1
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+                    if done >= total:
+                        break
+                mean = sum(epoch_losses) / len(epoch_losses)
+                best, stale = (mean, 0) if mean < best - 1e-6 else (best, stale + 1)
+                if patience is not None and stale >= patience:
+                    break
+    finally:
+        progress.close()
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    name = objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
+    config = getattr(model, "config", None)
+    return SteeringVector(
+        {layer: p.detach().cpu().clone() for layer, p in parameters.items()},
+        site=site,
+        model_type=getattr(config, "model_type", None),
+        model_name=getattr(config, "name_or_path", None) or None,
+        method=f"learned:{name}",
+        description=description
+        or f"optimize_steering_vector objective={name} lr={lr} steps={done} batch_size={batch_size} beta={beta}",
+        num_layers=len(model._steerable.layers),
+    )
+
+
+LossOf = Callable[[Any, Any, float, list[Any], torch.device], Tensor]
+
+
+def _objective(objective: Objective, tokenizer: Any, beta: float) -> LossOf:
+    if objective == "likelihood":
+
+        def likelihood(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+            examples = [_as(item, Completion) for item in items]
+            batch = encode(tokenizer, [e.prompt for e in examples], [e.completion for e in examples], device)
+            return -sequence_logprobs(model, batch).sum() / batch.scored[:, 1:].sum()
+
+        return likelihood
+    if objective == "bipo":
+
+        def bipo(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+            examples = [_as(item, Preference) for item in items]
+            prompts = [e.prompt for e in examples]
+            chosen = encode(tokenizer, prompts, [e.chosen for e in examples], device)
+            rejected = encode(tokenizer, prompts, [e.rejected for e in examples], device)
+            handle.update(multiplier=0.0)
+            with torch.no_grad():
+                reference = sequence_logprobs(model, chosen), sequence_logprobs(model, rejected)
+            handle.update(multiplier=multiplier)
+            steered = sequence_logprobs(model, chosen), sequence_logprobs(model, rejected)
+            handle.update(multiplier=-multiplier)
+            anti = sequence_logprobs(model, chosen), sequence_logprobs(model, rejected)
+            handle.update(multiplier=multiplier)
+            return bipo_loss(*steered, *anti, *reference, beta)
+
+        return bipo
+    if callable(objective):
+
+        def custom(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+            loss = objective(model, items)
+            if not isinstance(loss, Tensor) or loss.ndim != 0 or not loss.requires_grad:
+                raise ValueError("a loss callable must return a 0-d tensor that depends on the steered model's output")
+            return loss
+
+        return custom
+    raise ValueError(f"unknown objective {objective!r}: use 'likelihood', 'bipo' or a callable (model, items) -> loss")
+
+
+def _as(item: Any, kind: type) -> Any:
+    if isinstance(item, kind):
+        return item
+    fields = 2 if kind is Completion else 3
+    if isinstance(item, (tuple, list)) and len(item) == fields and all(isinstance(x, str) for x in item):
+        return kind(*item)
+    shape = "(prompt, completion)" if kind is Completion else "(prompt, chosen, rejected)"
+    raise TypeError(f"expected a {kind.__name__} or a {shape} tuple of strings, got {item!r}")
