@@ -98,8 +98,8 @@ def test_bipo_loss_and_gradient_equal_a_hand_computation() -> None:
     terms = []
     for item in items:
 
-        def logp(text: str, sign: float) -> torch.Tensor:
-            return _hand_logprob(vanilla, item.prompt, text, lambda h, s=sign: h + s * w)
+        def logp(text: str, sign: float, prompt: str = item.prompt) -> torch.Tensor:
+            return _hand_logprob(vanilla, prompt, text, lambda h, s=sign: h + s * w)
 
         ref_c, ref_r = logp(item.chosen, 0.0).detach(), logp(item.rejected, 0.0).detach()
         plus = beta * ((logp(item.chosen, 1.0) - ref_c) - (logp(item.rejected, 1.0) - ref_r))
