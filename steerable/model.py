@@ -26,6 +26,33 @@ from steerable.steering import Multiplier, SteeringHandle, steer
 from steerable.vectors import SteeringVector
 
 
+class _Unloading:
+    """For a wrapped PEFT model: ``merge_and_unload`` and ``unload`` give back the base model, fully
+    steerable, with the steerings still applied (never a plain model with steerable layers)."""
+
+    def merge_and_unload(self, *args: Any, **kwargs: Any) -> Any:
+        return _hand_over(self, self._peft_method("merge_and_unload")(*args, **kwargs))
+
+    def unload(self, *args: Any, **kwargs: Any) -> Any:
+        return _hand_over(self, self._peft_method("unload")(*args, **kwargs))
+
+    def _peft_method(self, name: str) -> Any:
+        # PeftModel forwards these to its tuner (LoraModel) through __getattr__, which super() skips
+        method = getattr(super(), name, None)
+        return method if method is not None else getattr(self.base_model, name)  # type: ignore[attr-defined]
+
+
+def _hand_over(wrapper: Any, base: nn.Module) -> Any:
+    """Move the steerable state from a PEFT wrapper to the base model it returned (same layers)."""
+    state = wrapper.__dict__.pop("_steerable")
+    wrapper.__class__ = original_class(wrapper)
+    base.__class__ = posing_subclass((SteerableModel,), type(base))
+    top_forward = inspect.signature(type(base).forward).parameters.values()
+    state.forward_kwargs = any(p.kind is p.VAR_KEYWORD for p in top_forward)
+    base._steerable = state  # type: ignore[assignment]
+    return base
+
+
 class SteerableModel:
     """Mixin of every wrapped model. Use the class methods to get one:
 
@@ -78,9 +105,24 @@ class SteerableModel:
         )
         set_class(stack, posing_subclass((SteerableStack,), type(stack)))
         stack._steerable_state = state  # type: ignore[assignment]
-        model.__class__ = posing_subclass((SteerableModel,), type(model))
+        mixins = (SteerableModel, _Unloading) if hasattr(model, "merge_and_unload") else (SteerableModel,)
+        model.__class__ = posing_subclass(mixins, type(model))
         model._steerable = state  # type: ignore[assignment]
         return model
+
+    @staticmethod
+    def of(model: Any) -> Any:
+        """The steerable model inside ``model``: ``model`` itself, or, for a PEFT model made from a
+        steerable one (``get_peft_model(steerable)``), its base model. Call ``steer`` and ``record`` on it."""
+        seen = model
+        for _ in range(8):  # PeftModel -> LoraModel -> the model, and wrappers like it
+            if isinstance(seen, SteerableModel):
+                return seen
+            inner = seen.get_base_model() if hasattr(seen, "get_base_model") else getattr(seen, "model", None)
+            if inner is None or inner is seen:
+                break
+            seen = inner
+        raise TypeError(f"{type(model).__name__} holds no steerable model: wrap it first with SteerableModel.wrap(...)")
 
     @staticmethod
     def unwrap(model: nn.Module) -> Any:
