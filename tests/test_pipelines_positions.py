@@ -120,3 +120,27 @@ def test_sliding_window_and_static_caches_generate_what_an_uncached_run_does(arc
         static = model.generate(input_ids=ids, attention_mask=mask, cache_implementation="static", **settings)
     assert torch.equal(dynamic, uncached)
     assert torch.equal(static, uncached)
+
+
+@pytest.mark.parametrize("operator", ["add", "ablate", "ablate_then_add", "clamp"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(),
+        dict(positions="prompt"),
+        dict(positions="generated"),
+        dict(min_token_index=3),
+        dict(positions=torch.tensor([[True, False, True, True, False, True, True]] * 3)),
+    ],
+    ids=["all", "prompt", "generated", "min_token_index", "mask"],
+)
+def test_checkpointing_on_and_off_give_equal_gradients_for_every_operator_and_mode(operator, mode) -> None:
+    model = SteerableModel.wrap(no_dropout(tiny_model("llama"))).train()
+    ids, mask = left_pad(ROWS)
+    with model.steer(vector(), 1.5, operator=operator, **mode):
+        plain = gradients(model, ids, mask)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointed = gradients(model, ids, mask)
+        model.gradient_checkpointing_disable()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
