@@ -109,6 +109,12 @@ def record(
             seen[layer] = step
             kept = hidden.detach()
             if positions is not None:
+                outside = [p for p in positions if not -hidden.shape[1] <= p < hidden.shape[1]]
+                if outside:
+                    raise ValueError(
+                        f"record positions {outside} are outside this forward's {hidden.shape[1]} tokens "
+                        "(indices into each forward's input; negative from the end)"
+                    )
                 kept = kept[:, list(positions)]
             current[layer] = kept.cpu() if to_cpu else kept
             if last:  # the deepest recorded layer ends one forward step

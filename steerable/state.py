@@ -5,6 +5,7 @@ selections they use. Nothing here describes one forward call (that travels with 
 
 from __future__ import annotations
 
+import numbers
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,8 @@ def resolve_layers(state: ModelState, layers: list[int]) -> list[tuple[int, int]
     n_layers = len(state.layers)
     resolved: list[tuple[int, int]] = []
     for layer in layers:
+        if isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
+            layer = int(layer)  # numpy integers too
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
             raise IndexError(
                 f"layer {layer} is out of range: the model has {n_layers} decoder layers "

@@ -251,6 +251,8 @@ def _token_indices(indices: Any, min_token_index: int | None) -> tuple[PositionM
 
 
 def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> Selection:
+    if isinstance(min_token_index, numbers.Integral) and not isinstance(min_token_index, bool):
+        min_token_index = int(min_token_index)  # numpy integers too
     if min_token_index is not None and (
         isinstance(min_token_index, bool) or not isinstance(min_token_index, int) or min_token_index < 0
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class SteeringVector:
             raise ValueError("a SteeringVector needs at least one layer: pass {layer_index: tensor[d_model]}")
         vectors: dict[int, Tensor] = {}
         for layer, vector in layer_activations.items():
+            if isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
+                layer = int(layer)  # numpy integers too
             if isinstance(layer, bool) or not isinstance(layer, int):
                 raise TypeError(f"layer indices must be ints, got {layer!r}")
             if not isinstance(vector, Tensor):
@@ -168,8 +171,9 @@ class SteeringVector:
         return self * -1.0
 
     def __mul__(self, scale: float) -> SteeringVector:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):  # numpy scalars too
             return NotImplemented
+        scale = float(scale)
         if not math.isfinite(scale):
             raise ValueError(f"cannot scale a steering vector by {scale}")
         return self._with({layer: v * scale for layer, v in self.items()})
@@ -177,8 +181,9 @@ class SteeringVector:
     __rmul__ = __mul__
 
     def __truediv__(self, scale: float) -> SteeringVector:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             return NotImplemented
+        scale = float(scale)
         if scale == 0:
             raise ZeroDivisionError("cannot divide a steering vector by zero")
         return self._with({layer: v / scale for layer, v in self.items()})

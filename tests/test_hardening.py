@@ -259,3 +259,24 @@ def test_the_cli_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, capsys
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("steerable info: error: v.safetensors:") and "\n" not in err
+
+
+def test_numpy_numbers_are_numbers_everywhere(pair) -> None:
+    _, model = pair
+    v = SteeringVector({np.int64(1): torch.randn(32)})
+    assert v.layers == [1] and torch.equal((v * np.float32(2.0))[1], v[1] * 2.0)
+    with model.steer(v, np.float64(1.5), min_token_index=np.int64(1)):
+        got = logits(model)
+    with model.steer(v, 1.5, min_token_index=1):
+        assert torch.equal(logits(model), got)
+    with model.record(layers=[np.int64(0)]) as acts, torch.no_grad():
+        model(input_ids=IDS, attention_mask=MASK)
+    assert acts[0].shape == (3, 5, 32)
+
+
+def test_record_positions_outside_the_forward_are_a_clear_error(pair) -> None:
+    _, model = pair
+    with pytest.raises(ValueError, match=r"record positions \[7\] are outside this forward's 5 tokens"):
+        with model.record(layers=[0], positions=[-1, 7]), torch.no_grad():
+            model(input_ids=IDS, attention_mask=MASK)
+    assert not model.is_steering and model._steerable.taps == 0
