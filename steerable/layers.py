@@ -98,7 +98,8 @@ class SteerableLayer(nn.Module):
         tensor = self._buffers.get(name)
         if tensor is None:  # removed by another thread while this forward runs: steer with nothing
             return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        tensor = fit_rows(tensor, hidden, step)
+        if tensor.ndim == 3 and tensor.shape[0] != 1:
+            tensor = fit_rows(tensor, hidden, step)
         if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
             tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
         return tensor

@@ -44,6 +44,7 @@ class StepContext:
     # inside generate: rows may be repeated (num_return_sequences, beams), each prompt's copies together
     generating: bool = False
     _weights: dict[tuple[int, torch.dtype, torch.device], Tensor] = field(default_factory=dict)
+    _last_weight: dict[int, Tensor] = field(default_factory=dict)
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
         mask = self.masks[index]
@@ -52,10 +53,14 @@ class StepContext:
     def weight(self, index: int, like: Tensor) -> Float[Tensor, "batch seq 1"]:
         """The mask as 1.0/0.0 in ``like``'s dtype and device, made once per forward: a masked add is
         then one fused ``addcmul`` per layer."""
+        weight = self._last_weight.get(index)  # the common case: every layer has one dtype and device
+        if weight is not None and weight.dtype == like.dtype and weight.device == like.device:
+            return weight
         key = (index, like.dtype, like.device)
         weight = self._weights.get(key)
         if weight is None:
             weight = self._weights[key] = self.masks[index].to(like.device, like.dtype)
+        self._last_weight[index] = weight
         return weight
 
 
