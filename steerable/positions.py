@@ -118,9 +118,9 @@ def absolute_positions(
     From a 2-D attention mask (padding gets -1); else from ``position_ids`` (``generate`` computes them
     from the mask when it passes a 4-D mask, as with static caches); else the cache length onwards."""
     if isinstance(attention_mask, Tensor) and attention_mask.ndim == 2 and attention_mask.shape[-1] >= seq_len:
-        mask = attention_mask.to(device)
-        counted = mask.long().cumsum(-1)[:, -seq_len:] - 1
-        return counted.masked_fill(mask[:, -seq_len:] == 0, -1).expand(batch, seq_len)
+        mask = attention_mask.to(device).long()
+        # the count of real tokens so far, minus one; padding (mask 0) becomes 0 - 1 = -1
+        return (mask.cumsum(-1)[:, -seq_len:] * mask[:, -seq_len:] - 1).expand(batch, seq_len)
     if isinstance(position_ids, Tensor) and position_ids.ndim == 2 and position_ids.shape[-1] == seq_len:
         return position_ids.to(device).long().expand(batch, seq_len)
     if isinstance(cache_position, Tensor) and cache_position.ndim == 1 and cache_position.shape[0] == seq_len:
@@ -138,9 +138,8 @@ def selection_mask(
 ) -> Bool[Tensor, "batch seq 1"]:
     """Which tokens a selection steers in this forward."""
     batch = positions.shape[0]
-    selected = positions >= 0
-    if min_index is not None:
-        selected = selected & (positions >= min_index.to(positions.device))
+    # min_index >= 0, so comparing with it also leaves out padding (position -1): one op, not two
+    selected = positions >= min_index.to(positions.device) if min_index is not None else positions >= 0
     repeat_rows = prompt_lengths is not None  # only generate repeats rows
     if mode != "all" and prompt_lengths is not None:
         lengths = rearrange(rows_for_batch(prompt_lengths.to(positions.device), batch, "prompt lengths"), "b -> b 1")
