@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from steerable.class_swap import plain_reduction, posing_subclass, set_class
 from steerable.operators import Add, Operator, for_rows
-from steerable.positions import CURRENT_STEP, STEP_KWARG, StepContext
+from steerable.positions import CURRENT_STEP, STEP_KWARG, StepContext, rows_for_batch
 
 Tap = Callable[[Float[Tensor, "batch seq d_model"], StepContext | None], None]
 FAST_ADD, MASKED_ADD, GENERAL = 0, 1, 2
@@ -85,7 +85,7 @@ class SteerableLayer(nn.Module):
                 delta = self._steerable_tensor(slot.names["delta"], hidden, step)
                 hidden = torch.addcmul(hidden, step.weight(slot.selection, hidden), delta)
                 continue
-            mask = step.mask(slot.selection, hidden.device) if step is not None and slot.selection is not None else None
+            mask = None if step is None or slot.selection is None else step.mask(slot.selection, hidden.device)
             hidden = slot.operator.apply(hidden, self._steerable_tensors(slot, hidden, step), mask)
         if self._steerable_taps:
             if step is None:
@@ -98,7 +98,7 @@ class SteerableLayer(nn.Module):
         tensor = self._buffers.get(name)
         if tensor is None:  # removed by another thread while this forward runs: steer with nothing
             return torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        if tensor.ndim == 3 and tensor.shape[0] != 1:
+        if tensor.ndim == 3 and tensor.shape[0] not in (1, hidden.shape[0]):
             tensor = fit_rows(tensor, hidden, step)
         if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
             tensor = tensor.to(hidden)  # e.g. a quantized layer whose params are not floats
@@ -109,7 +109,10 @@ class SteerableLayer(nn.Module):
             return {field: self._steerable_tensor(name, hidden, step) for field, name in slot.names.items()}
         vector, multiplier = for_rows(*slot.live)
         tensors = slot.operator.prepare(vector.to(hidden), multiplier.to(hidden))
-        return {field: fit_rows(tensor, hidden, step) for field, tensor in tensors.items()}
+        return {
+            field: fit_rows(tensor, hidden, step) if tensor.ndim == 3 and tensor.shape[0] != 1 else tensor
+            for field, tensor in tensors.items()
+        }
 
     # -- slots (managed by steerable.steering) -------------------------------------------------
     def occupy(
@@ -168,18 +171,13 @@ class InjectingLayer(nn.Module):
 
 
 def fit_rows(tensor: Tensor, hidden: Tensor, step: StepContext | None) -> Tensor:
-    """A per-row tensor (``[rows, 1, ...]``) for this batch: as is when the rows match; inside
-    ``generate``, each row repeated for the copies of its prompt (``num_return_sequences``, beams)."""
-    rows, batch = tensor.shape[0], hidden.shape[0]
-    if tensor.ndim != 3 or rows in (1, batch):
+    """A per-row tensor (``[rows, 1, ...]``) for this batch; inside ``generate`` each row is repeated for
+    the copies of its prompt (``num_return_sequences``, beams)."""
+    if tensor.ndim != 3:
         return tensor
     step = step or CURRENT_STEP.get()
-    if step is not None and step.generating and batch % rows == 0:
-        return tensor.repeat_interleave(batch // rows, dim=0)
-    raise ValueError(
-        f"the steering has {rows} per-row values (multiplier or vectors) but the batch has {batch} rows: pass "
-        "one value per row (rows are repeated only inside generate, for num_return_sequences or beams)"
-    )
+    generating = step is not None and step.generating
+    return rows_for_batch(tensor, hidden.shape[0], "the per-row steering (multiplier or vectors)", generating)
 
 
 def make_steerable(

@@ -43,24 +43,18 @@ class StepContext:
     masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
     # inside generate: rows may be repeated (num_return_sequences, beams), each prompt's copies together
     generating: bool = False
-    _weights: dict[tuple[int, torch.dtype, torch.device], Tensor] = field(default_factory=dict)
-    _last_weight: dict[int, Tensor] = field(default_factory=dict)
+    _weights: dict[int, Tensor] = field(default_factory=dict)
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
         mask = self.masks[index]
         return mask if mask.device == device else mask.to(device)  # layers split over devices
 
     def weight(self, index: int, like: Tensor) -> Float[Tensor, "batch seq 1"]:
-        """The mask as 1.0/0.0 in ``like``'s dtype and device, made once per forward: a masked add is
-        then one fused ``addcmul`` per layer."""
-        weight = self._last_weight.get(index)  # the common case: every layer has one dtype and device
-        if weight is not None and weight.dtype == like.dtype and weight.device == like.device:
-            return weight
-        key = (index, like.dtype, like.device)
-        weight = self._weights.get(key)
-        if weight is None:
-            weight = self._weights[key] = self.masks[index].to(like.device, like.dtype)
-        self._last_weight[index] = weight
+        """The mask as 1.0/0.0 in ``like``'s dtype and device, made once per forward (again only where
+        a layer's dtype or device differs from the last one's): a masked add is one ``addcmul``."""
+        weight = self._weights.get(index)
+        if weight is None or weight.dtype != like.dtype or weight.device != like.device:
+            weight = self._weights[index] = self.masks[index].to(like.device, like.dtype)
         return weight
 
 
@@ -169,6 +163,6 @@ def rows_for_batch(tensor: Tensor, batch: int, what: str, repeat: bool = True) -
     if repeat and rows > 0 and batch % rows == 0:
         return tensor.repeat_interleave(batch // rows, dim=0)
     raise ValueError(
-        f"{what} has {rows} rows but the batch has {batch}: give one row per batch row (rows are repeated "
+        f"{what} has {rows} rows but the batch has {batch} rows: give one row per batch row (rows are repeated "
         "only inside generate, for num_return_sequences or beams)"
     )

@@ -92,7 +92,7 @@ class SteeringHandle:
                         f"layer {index}: the new {name} has shape {list(tensor.shape)}, the steering "
                         f"{list(buffer.shape)}; per-row sizes must stay the same"
                     )
-                pending.append((buffer, _cast(tensor, buffer, index)))
+                pending.append((buffer, _cast(tensor, buffer.dtype, buffer.device, index)))
         with self._state.lock, torch.no_grad():
             for buffer, tensor in pending:
                 buffer.copy_(tensor)
@@ -133,9 +133,7 @@ def _steer(state: ModelState, model_type: str | None, args: dict[str, Any]) -> S
                 reference = reference_tensor(module)
                 device = reference.device
                 dtype = reference.dtype if reference.numel() else torch.float32
-                cast = {
-                    name: _cast(t, torch.empty(0, dtype=dtype, device=device), index) for name, t in tensors.items()
-                }
+                cast = {name: _cast(t, dtype, device, index) for name, t in tensors.items()}
                 slot = module.occupy(plan.operator, handle._selection, cast, live)
                 handle._applied.append((module, slot))
                 state.refresh(module)
@@ -273,12 +271,12 @@ def _selection(positions: PositionMode | Tensor, min_token_index: int | None, ro
     return Selection(positions, min_token_index, None)
 
 
-def _cast(tensor: Tensor, like: Tensor, layer: int) -> Tensor:
-    """``tensor`` in ``like``'s dtype and device; an error if the cast overflows (e.g. to fp16)."""
-    cast = tensor.to(like.device, like.dtype)
+def _cast(tensor: Tensor, dtype: torch.dtype, device: torch.device, layer: int) -> Tensor:
+    """``tensor`` in the layer's dtype and device; an error if the cast overflows (e.g. to fp16)."""
+    cast = tensor.to(device, dtype)
     if cast.is_floating_point() and not bool(torch.isfinite(cast).all()):
         raise ValueError(
-            f"layer {layer}: the steering overflows the layer's {like.dtype}; use a smaller multiplier or vector"
+            f"layer {layer}: the steering overflows the layer's {dtype}; use a smaller multiplier or vector"
         )
     return cast
 

@@ -41,9 +41,11 @@ def gradients(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> dict[s
 
 
 def assert_checkpointing_changes_no_gradient(arch: str, vec: SteeringVector, reentrant: bool = False, **steer) -> None:
-    """Gradients of a left-padded batch with the layers checkpointed equal those without."""
+    """Gradients of a left-padded batch with the layers checkpointed equal those without; and the
+    steering does change them (except positions="generated", which selects nothing outside generate)."""
     model = SteerableModel.wrap(no_dropout(tiny_model(arch))).train()
     ids, mask = left_pad(ROWS)
+    unsteered = gradients(model, ids, mask)
     with model.steer(vec, **steer):
         plain = gradients(model, ids, mask)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -52,6 +54,8 @@ def assert_checkpointing_changes_no_gradient(arch: str, vec: SteeringVector, ree
     assert plain.keys() == checkpointed.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
+    changed = any(not torch.allclose(plain[n], unsteered[n], atol=1e-6) for n in plain)
+    assert changed == (steer.get("positions") != "generated")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon"])  # falcon: its stack passes no kwargs on
@@ -114,6 +118,8 @@ def test_sliding_window_and_static_caches_generate_what_an_uncached_run_does(arc
         uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **settings)
         dynamic = model.generate(input_ids=ids, attention_mask=mask, **settings)
         static = model.generate(input_ids=ids, attention_mask=mask, cache_implementation="static", **settings)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    assert not torch.equal(plain, uncached)  # the steering does something here
     assert torch.equal(dynamic, uncached)
     assert torch.equal(static, uncached)
 

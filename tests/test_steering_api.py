@@ -191,7 +191,9 @@ def test_bad_vectors_error_at_construction_and_unknown_sites_at_steer(pair) -> N
 def test_per_row_multiplier_of_wrong_length_errors_at_forward(pair) -> None:
     vanilla, model = pair
     with model.steer(vec((1,)), torch.tensor([1.0, 2.0, 3.0])):
-        with pytest.raises(ValueError, match="3 per-row values .* the batch has 1 rows"):
+        with pytest.raises(
+            ValueError, match=r"the per-row steering \(multiplier or vectors\) has 3 rows but the batch has 1 rows"
+        ):
             model(IDS)
     with model.steer(vec((1,)), positions=torch.ones(3, 6, dtype=torch.bool)):
         with pytest.raises(ValueError, match="the token mask has 3 rows but the batch has 2"):
