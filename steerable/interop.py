@@ -18,6 +18,9 @@ import torch
 
 from steerable.vectors import SteeringVector
 
+#: SteeringVector metadata kept in a GGUF file, as ``steerable.<name>`` keys beside llama.cpp's
+GGUF_METADATA = ("model_name", "method", "description")
+
 # steering-vectors' layer_type -> our site
 SEED_SITES = {
     "decoder_block": "block",
@@ -50,6 +53,11 @@ def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = N
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", hint)
     writer.add_uint32("controlvector.layer_count", len(vector))
+    # llama.cpp reads only the controlvector.* keys; these keep where the vector came from
+    for key in GGUF_METADATA:
+        value = getattr(vector, key)
+        if value is not None:
+            writer.add_string(f"steerable.{key}", str(value))
     for layer, direction in vector.items():
         writer.add_tensor(f"direction.{layer}", direction.detach().float().cpu().numpy())
     writer.write_header_to_file()
@@ -97,7 +105,15 @@ def from_gguf(path: str | Path) -> SteeringVector:
         vectors[layer] = torch.from_numpy(data.copy())
     if not vectors:
         raise ValueError(f"{path.name}: the control vector has no direction tensors")
-    return SteeringVector(vectors, site="block", model_type=hint or None, description=f"from {path.name}")
+    kept = {key: _string_field(reader, f"steerable.{key}", path.name) for key in GGUF_METADATA}
+    return SteeringVector(
+        vectors,
+        site="block",
+        model_type=hint or None,
+        model_name=kept["model_name"],
+        method=kept["method"],
+        description=kept["description"] if kept["description"] is not None else f"from {path.name}",
+    )
 
 
 def _string_field(reader: Any, key: str, name: str = "") -> str | None:

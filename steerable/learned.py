@@ -30,7 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from steerable.vectors import SteeringVector
+from steerable.vectors import SteeringVector, model_name_of
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def optimize_steering_vector(
         {layer: p.detach().cpu().clone() for layer, p in parameters.items()},
         site=site,
         model_type=getattr(config, "model_type", None),
-        model_name=getattr(config, "name_or_path", None) or None,
+        model_name=model_name_of(config),
         method=f"learned:{name}",
         description=description
         or f"optimize_steering_vector objective={name} lr={lr} steps={done} batch_size={batch_size} beta={beta}",

@@ -221,6 +221,7 @@ class SteerableModel:
         min_token_index: int | None = None,
         norm_preserving: bool = False,
         token_indices: Any = None,
+        tokenizer: Any = None,
     ) -> SteeringHandle:
         """Apply ``vector`` now; returns a handle (also a context manager) that removes it.
 
@@ -228,8 +229,9 @@ class SteerableModel:
         that require grad stay live (trainable steering).
         ``operator``: ``add``, ``ablate``, ``ablate_then_add``, ``clamp``, a registered name, an
         ``Operator``, or a callable ``(hidden, multiplier * vector) -> delta`` (see ``steerable.operators``).
-        ``positions``: ``"all"``, ``"prompt"``, ``"generated"``, or a boolean mask ``[rows, prompt_len]``
-        (or ``[prompt_len]``) over absolute token positions. ``min_token_index``: only tokens at this
+        ``positions``: ``"all"``, ``"prompt"``, ``"generated"``, a chat role (``"assistant"``,
+        ``"last_user_turn"``, found with ``tokenizer``'s chat template; see ``steerable.chat_roles``), or a
+        boolean mask ``[rows, prompt_len]`` (or ``[prompt_len]``) over absolute token positions. ``min_token_index``: only tokens at this
         absolute position (counted from each row's first non-padding token) or later.
         ``token_indices``: the steering-vectors library's spelling of a selection: a list of positions,
         a slice, or a 0/1 or boolean tensor.
@@ -244,4 +246,5 @@ class SteerableModel:
             min_token_index=min_token_index,
             norm_preserving=norm_preserving,
             token_indices=token_indices,
+            tokenizer=tokenizer,
         )

@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-PositionMode = Literal["all", "prompt", "generated"]
+PositionMode = Literal["all", "prompt", "generated", "assistant", "last_user_turn"]
 STEP_KWARG = "steerable_step"  # the keyword argument decoder layers receive the step context by
 LENGTHS_KWARG = "steerable_prompt_lengths"  # the one ``generate`` passes prompt lengths to the model by
 
@@ -63,7 +63,8 @@ class Selection:
     """Which tokens of each row a steering applies to; all conditions given must hold.
 
     ``mode``: every token, only the prompt, or only generated tokens (the prompt length of each row is
-    taken when ``generate`` is called; outside ``generate`` every token counts as prompt).
+    taken when ``generate`` is called; outside ``generate`` every token counts as prompt); or a chat
+    role (``"assistant"``, ``"last_user_turn"``: see ``steerable.chat_roles``), found with ``markers``.
     ``min_token_index``: only tokens at this absolute position or later.
     ``mask``: an explicit ``[rows, prompt_len]`` (or ``[prompt_len]``, for every row) boolean mask over
     absolute positions; positions past its end are not steered.
@@ -72,6 +73,7 @@ class Selection:
     mode: PositionMode = "all"
     min_token_index: int | None = None
     mask: Bool[Tensor, "*rows positions"] | None = None
+    markers: dict[str, Tensor] | None = None  # a role's turn header and end-of-turn token ids
 
     @property
     def everything(self) -> bool:
@@ -84,6 +86,8 @@ class Selection:
             tensors["min_index"] = torch.tensor(self.min_token_index, dtype=torch.long)
         if self.mask is not None:
             tensors["mask"] = self.mask.detach().clone()
+        if self.markers is not None:
+            tensors |= self.markers
         return tensors
 
 
@@ -129,9 +133,13 @@ def selection_mask(
     prompt_lengths: Int[Tensor, " rows"] | None,
     min_index: Int[Tensor, ""] | None,
     token_mask: Bool[Tensor, "*rows width"] | None,
+    input_ids: Int[Tensor, "batch seq"] | None = None,
+    markers: dict[str, Tensor] | None = None,
 ) -> Bool[Tensor, "batch seq 1"]:
     """Which tokens a selection steers in this forward."""
     batch = positions.shape[0]
+    if mode in ("assistant", "last_user_turn"):
+        return _role_selection(mode, positions, prompt_lengths, min_index, token_mask, input_ids, markers)
     # min_index >= 0, so comparing with it also leaves out padding (position -1): one op, not two
     selected = positions >= min_index.to(positions.device) if min_index is not None else positions >= 0
     repeat_rows = prompt_lengths is not None  # only generate repeats rows
@@ -153,6 +161,34 @@ def selection_mask(
     return rearrange(selected, "batch seq -> batch seq 1")
 
 
+def _role_selection(
+    mode: PositionMode,
+    positions: Int[Tensor, "batch seq"],
+    prompt_lengths: Int[Tensor, " rows"] | None,
+    min_index: Int[Tensor, ""] | None,
+    token_mask: Bool[Tensor, "*rows width"] | None,
+    input_ids: Int[Tensor, "batch seq"] | None,
+    markers: dict[str, Tensor] | None,
+) -> Bool[Tensor, "batch seq 1"]:
+    """A chat role's tokens: found in the token ids; inside ``generate`` generated tokens are the
+    assistant's (and no user turn's), whatever their ids."""
+    from steerable.chat_roles import role_mask
+
+    if input_ids is None or markers is None:
+        raise ValueError(
+            f"positions={mode!r} finds the turn in the token ids, and this forward was given inputs_embeds: "
+            "pass input_ids, or select tokens with a boolean mask"
+        )
+    role = role_mask(input_ids.to(positions.device), markers["header"], markers["end"], mode)  # type: ignore[arg-type]
+    if prompt_lengths is not None:
+        lengths = rearrange(
+            rows_for_batch(prompt_lengths.to(positions.device), positions.shape[0], "prompt lengths"), "b -> b 1"
+        )
+        role = torch.where(positions >= lengths, mode == "assistant", role)
+    rest = selection_mask("all", positions, prompt_lengths, min_index, token_mask)
+    return rest & rearrange(role, "batch seq -> batch seq 1")
+
+
 def rows_for_batch(tensor: Tensor, batch: int, what: str, repeat: bool = True) -> Tensor:
     """``tensor`` with one entry per batch row. Inside ``generate`` (``repeat``) a batch may hold each
     prompt's rows several times in a row (``num_return_sequences``, beams): each row is repeated to
@@ -166,3 +202,22 @@ def rows_for_batch(tensor: Tensor, batch: int, what: str, repeat: bool = True) -
         f"{what} has {rows} rows but the batch has {batch} rows: give one row per batch row (rows are repeated "
         "only inside generate, for num_return_sequences or beams)"
     )
+
+
+def row_columns(positions: Int[Tensor, "batch seq"], wanted: list[int]) -> Int[Tensor, "batch k"]:
+    """For each row, the columns of its ``wanted`` tokens, counted among the row's non-padding tokens of
+    this forward (negative: from the row's last one), so left and right padding read the same tokens."""
+    real = positions >= 0
+    counts = rearrange(real.sum(1), "b -> b 1")
+    ordinal = real.cumsum(1) - 1  # index among the row's real tokens
+    target = torch.tensor(wanted, device=positions.device)
+    target = torch.where(target < 0, target + counts, target)  # [batch, k]
+    short = ((target < 0) | (target >= counts)).any(1)
+    if bool(short.any()):
+        row = int(short.nonzero()[0])
+        raise ValueError(
+            f"record positions {wanted} are outside row {row}, which has {int(counts[row])} non-padding tokens in "
+            "this forward (indices count each row's own tokens; negative from its last)"
+        )
+    hits = (rearrange(ordinal, "b s -> b 1 s") == rearrange(target, "b k -> b k 1")) & rearrange(real, "b s -> b 1 s")
+    return hits.int().argmax(-1)

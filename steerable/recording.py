@@ -8,11 +8,12 @@ from contextvars import ContextVar
 from typing import Any
 
 import torch
+from einops import repeat
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerable.layers import SteerableLayer, Tap
-from steerable.positions import StepContext
+from steerable.positions import StepContext, row_columns
 from steerable.state import ModelState, resolve_layers
 
 #: The tap scopes open in this thread/task: taps ignore forwards run elsewhere.
@@ -90,7 +91,9 @@ def record(
 
     Only forwards run in the thread (or asyncio task) that opened the block are recorded, and a layer
     re-run by gradient checkpointing is not recorded twice.
-    ``positions``: keep only these sequence indices of each forward's input (negative from the end);
+    ``positions``: keep only these tokens of each row, counted among the row's own (non-padding) tokens
+    of each forward, as training reads them: ``[-1]`` is every row's last real token, whichever side
+    the batch is padded on;
     ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
     """
     state: ModelState = model._steerable
@@ -109,19 +112,15 @@ def record(
             seen[layer] = step
             kept = hidden.detach()
             if positions is not None:
-                outside = [p for p in positions if not -hidden.shape[1] <= p < hidden.shape[1]]
-                if outside:
-                    raise ValueError(
-                        f"record positions {outside} are outside this forward's {hidden.shape[1]} tokens "
-                        "(indices into each forward's input; negative from the end)"
-                    )
-                kept = kept[:, list(positions)]
+                assert step is not None
+                columns = row_columns(step.positions.to(hidden.device), list(positions))
+                kept = kept.gather(1, repeat(columns, "b k -> b k d", d=kept.shape[-1]))
             current[layer] = kept.cpu() if to_cpu else kept
             if last:  # the deepest recorded layer ends one forward step
                 assert step is not None
                 step_positions = step.positions
                 if positions is not None:
-                    step_positions = step_positions[:, list(positions)]
+                    step_positions = step_positions.gather(1, row_columns(step_positions, list(positions)))
                 recording.positions.append(step_positions.cpu() if to_cpu else step_positions)
                 recording.steps.append(dict(current))
                 current.clear()

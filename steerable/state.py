@@ -106,10 +106,17 @@ class ModelState:
         if self.selections:
             buffers = self.stack._buffers
             for slot in self.selections:
-                min_index, mask = (
-                    buffers.get(slot.names[k]) if k in slot.names else None for k in ("min_index", "mask")
+                found = {k: buffers[name] for k, name in slot.names.items()}
+                markers = {k: found[k] for k in ("header", "end")} if "header" in found else None
+                context.masks[slot.index] = selection_mask(
+                    slot.mode,  # type: ignore[arg-type]
+                    positions,
+                    lengths,
+                    found.get("min_index"),
+                    found.get("mask"),
+                    inputs.get("input_ids"),
+                    markers,
                 )
-                context.masks[slot.index] = selection_mask(slot.mode, positions, lengths, min_index, mask)  # type: ignore[arg-type]
         return context
 
     def fallback_step(self, hidden: Tensor) -> StepContext:

@@ -13,11 +13,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from steerable.architectures import SITES
 from steerable.layers import Slot, SteerableLayer
+from steerable.chat_roles import ROLES, ChatMarkers
 from steerable.operators import Operator, for_rows, resolve_operator
 from steerable.positions import PositionMode, Selection
 from steerable.state import ModelState, reference_tensor, resolve_layers
@@ -152,6 +154,7 @@ def make_plan(
     min_token_index: int | None,
     norm_preserving: bool,
     token_indices: Any = None,
+    tokenizer: Any = None,
 ) -> Plan:
     """Validate everything and compute every tensor before the model is touched."""
     if not isinstance(vector, SteeringVector):
@@ -170,7 +173,7 @@ def make_plan(
         if isinstance(positions, Tensor) or positions != "all":
             raise ValueError("give token_indices or positions, not both")
         positions, min_token_index = _token_indices(token_indices, min_token_index)
-    selection = _selection(positions, min_token_index, rows)
+    selection = _selection(positions, min_token_index, rows, tokenizer)
     trainable = m.requires_grad or any(vector[layer].requires_grad for layer in layer_indices)
 
     layers: dict[int, tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]] = {}
@@ -203,8 +206,15 @@ def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int |
         if not bool(torch.isfinite(multiplier.detach()).all()):
             raise ValueError("the multiplier has non-finite values (nan or inf)")
         m = multiplier if multiplier.requires_grad else multiplier.detach().float().clone()
+    elif isinstance(multiplier, (list, tuple, np.ndarray)):  # one multiplier per row, as a tensor
+        values = np.asarray(multiplier)
+        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.number):
+            raise TypeError(f"a multiplier list or array must hold numbers, got {multiplier!r}")
+        return _multiplier(torch.as_tensor(values.astype(np.float32)), vector_rows)
     elif isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real):
-        raise TypeError(f"multiplier must be a number or a 1-D tensor, got {type(multiplier).__name__}")
+        raise TypeError(
+            f"multiplier must be a number, a list or array of numbers, or a 1-D tensor, got {type(multiplier).__name__}"
+        )
     else:
         if not torch.isfinite(torch.tensor(float(multiplier))):
             raise ValueError(f"the multiplier must be finite, got {multiplier}")
@@ -248,7 +258,9 @@ def _token_indices(indices: Any, min_token_index: int | None) -> tuple[PositionM
     raise TypeError(f"token_indices must be a list, a slice or a tensor, got {type(indices).__name__}")
 
 
-def _selection(positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None) -> Selection:
+def _selection(
+    positions: PositionMode | Tensor, min_token_index: int | None, rows: int | None, tokenizer: Any = None
+) -> Selection:
     if isinstance(min_token_index, numbers.Integral) and not isinstance(min_token_index, bool):
         min_token_index = int(min_token_index)  # numpy integers too
     if min_token_index is not None and (
@@ -266,8 +278,18 @@ def _selection(positions: PositionMode | Tensor, min_token_index: int | None, ro
         if positions.ndim == 2 and rows is not None and positions.shape[0] != rows:
             raise ValueError(f"the token mask has {positions.shape[0]} rows but the steering has {rows}")
         return Selection("all", min_token_index, positions.detach().clone())
+    if positions in ROLES:
+        if tokenizer is None:
+            raise ValueError(
+                f"positions={positions!r} finds the turn with the tokenizer's chat template: pass tokenizer=..."
+            )
+        markers = ChatMarkers.from_tokenizer(tokenizer).tensors(positions)  # type: ignore[arg-type]
+        return Selection(positions, min_token_index, None, markers)
     if positions not in ("all", "prompt", "generated"):
-        raise ValueError(f"unknown positions {positions!r}: use 'all', 'prompt', 'generated' or a boolean mask tensor")
+        raise ValueError(
+            f"unknown positions {positions!r}: use 'all', 'prompt', 'generated', 'assistant', 'last_user_turn' "
+            "or a boolean mask tensor"
+        )
     return Selection(positions, min_token_index, None)
 
 

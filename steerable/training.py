@@ -18,11 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerable.aggregators import AGGREGATORS, Aggregator
-from steerable.vectors import SteeringVector
+from steerable.chat_roles import ROLES, ChatMarkers, role_mask
+from steerable.vectors import SteeringVector, model_name_of
 
 #: Where to read a text: a token index (negative from the end of the unpadded text), a ``slice``
-#: of token indices (activations averaged over the span), or a callable on the text returning either.
-ReadIndex = int | slice | Callable[[str], int | slice]
+#: of token indices (activations averaged over the span), a chat role (``"assistant"``,
+#: ``"last_user_turn"``: that turn's tokens, averaged), or a callable on the text returning one.
+ReadIndex = int | slice | str | Callable[[str], int | slice | str]
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class ContrastivePair:
 
     positive: str
     negative: str
-    read_positive_token_index: int | slice | None = None
-    read_negative_token_index: int | slice | None = None
+    read_positive_token_index: int | slice | str | None = None
+    read_negative_token_index: int | slice | str | None = None
 
 
 class _StopForward(Exception):
@@ -76,7 +78,7 @@ def train_steering_vector(
         vectors,
         site=site,
         model_type=getattr(config, "model_type", None),
-        model_name=getattr(config, "name_or_path", None) or None,
+        model_name=model_name_of(config),
         method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
         description=description,
         num_layers=len(model._steerable.layers),
@@ -171,7 +173,8 @@ def _collect(
 
     n_pairs = len(texts) // 2
     token_ids: list[list[int]] = [list(ids) for ids in tokenizer(texts)["input_ids"]]
-    chosen = [_resolve_read(t, r, len(ids)) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
+    markers = ChatMarkers.from_tokenizer(tokenizer) if any(isinstance(r, str) for r in reads) else None
+    chosen = [_resolve_read(t, r, ids, markers) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     params = inspect.signature(net.forward).parameters
     cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
@@ -264,12 +267,12 @@ def _collect(
 
 def _texts_and_reads(
     pairs: Sequence[ContrastivePair | tuple[str, str]], default: ReadIndex
-) -> tuple[list[str], list[int | slice]]:
+) -> tuple[list[str], list[int | slice | str]]:
     """Interleave positives and negatives (so a batch holds both) and resolve each text's read index."""
     if len(pairs) == 0:
         raise ValueError("pairs is empty: give at least one (positive, negative) pair")
     texts: list[str] = []
-    reads: list[int | slice] = []
+    reads: list[int | slice | str] = []
     for number, pair in enumerate(pairs):
         if isinstance(pair, ContrastivePair):
             items = [(pair.positive, pair.read_positive_token_index), (pair.negative, pair.read_negative_token_index)]
@@ -281,15 +284,25 @@ def _texts_and_reads(
             if not isinstance(text, str) or not text:
                 raise ValueError(f"pair {number} has an empty or non-string text: {text!r}")
             chosen = own if own is not None else (default(text) if callable(default) else default)
-            if isinstance(chosen, bool) or not isinstance(chosen, (int, slice)):
-                raise TypeError(f"pair {number}: a read index must be an int or a slice, got {chosen!r}")
+            if isinstance(chosen, str) and chosen not in ROLES:
+                raise ValueError(f"pair {number}: unknown read role {chosen!r}; use one of {', '.join(ROLES)}")
+            if isinstance(chosen, bool) or not isinstance(chosen, (int, slice, str)):
+                raise TypeError(f"pair {number}: a read index must be an int, a slice or a role, got {chosen!r}")
             texts.append(text)
             reads.append(chosen)
     return texts, reads
 
 
-def _resolve_read(text: str, read: int | slice, length: int) -> list[int]:
+def _resolve_read(text: str, read: int | slice | str, ids: list[int], markers: ChatMarkers | None) -> list[int]:
     """The token indices (in the unpadded text) that ``read`` selects; an error if none or outside."""
+    length = len(ids)
+    if isinstance(read, str):
+        assert markers is not None
+        tensors = markers.tensors(read)  # type: ignore[arg-type]
+        inside = role_mask(torch.tensor([ids]), tensors["header"], tensors["end"], read)[0]  # type: ignore[arg-type]
+        if not bool(inside.any()):
+            raise ValueError(f"the read role {read!r} selects no token of {text!r}: is it chat-formatted?")
+        return [int(i) for i in inside.nonzero()[:, 0]]
     if isinstance(read, slice):
         chosen = list(range(length))[read]
         if not chosen:

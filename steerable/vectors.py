@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -22,10 +24,11 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 class SteeringVector:
     """A steering vector: ``layer index -> tensor[d_model]`` (or ``tensor[rows, d_model]``, one vector
-    per batch row), read from or applied to one site of those layers.
+    per batch row), read from or applied to one site of those layers. NumPy arrays are accepted too.
 
-    Supports ``+``, ``-``, unary ``-``, and ``*`` / ``/`` by a number. Layers missing on one side of
-    ``+``/``-`` count as zero. Negative layer indices count from the end of the model they are used on.
+    Supports ``+``, ``-``, unary ``-``, and ``*`` / ``/`` by a number (or a 0-d tensor). Layers missing
+    on one side of ``+``/``-`` count as zero. Negative layer indices count from the end of the model
+    they are used on. ``select``, ``normalize`` and ``cosine`` cover the everyday rest.
     """
 
     def __init__(
@@ -48,8 +51,12 @@ class SteeringVector:
                 layer = int(layer)  # numpy integers too
             if isinstance(layer, bool) or not isinstance(layer, int):
                 raise TypeError(f"layer indices must be ints, got {layer!r}")
+            if isinstance(vector, np.ndarray):
+                if not np.issubdtype(vector.dtype, np.floating):
+                    raise TypeError(f"layer {layer}: expected a floating-point array, got {vector.dtype}")
+                vector = torch.from_numpy(np.ascontiguousarray(vector))
             if not isinstance(vector, Tensor):
-                raise TypeError(f"layer {layer}: expected a torch.Tensor, got {type(vector).__name__}")
+                raise TypeError(f"layer {layer}: expected a torch.Tensor or NumPy array, got {type(vector).__name__}")
             if vector.ndim not in (1, 2) or vector.shape[-1] == 0 or vector.numel() == 0:
                 raise ValueError(
                     f"layer {layer}: expected shape [d_model] or [rows, d_model], got {list(vector.shape)}"
@@ -170,23 +177,61 @@ class SteeringVector:
     def __neg__(self) -> SteeringVector:
         return self * -1.0
 
-    def __mul__(self, scale: float) -> SteeringVector:
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):  # numpy scalars too
+    def __mul__(self, scale: float | Tensor) -> SteeringVector:
+        value = _scalar(scale)
+        if value is None:
             return NotImplemented
-        scale = float(scale)
-        if not math.isfinite(scale):
-            raise ValueError(f"cannot scale a steering vector by {scale}")
-        return self._with({layer: v * scale for layer, v in self.items()})
+        if not math.isfinite(_number(value)):
+            raise ValueError(f"cannot scale a steering vector by {_number(value)}")
+        return self._with({layer: v * _like(value, v) for layer, v in self.items()})
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scale: float) -> SteeringVector:
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+    def __truediv__(self, scale: float | Tensor) -> SteeringVector:
+        value = _scalar(scale)
+        if value is None:
             return NotImplemented
-        scale = float(scale)
-        if scale == 0:
+        if _number(value) == 0:
             raise ZeroDivisionError("cannot divide a steering vector by zero")
-        return self._with({layer: v / scale for layer, v in self.items()})
+        return self._with({layer: v / _like(value, v) for layer, v in self.items()})
+
+    # -- everyday operations ----------------------------------------------------------------------
+    def select(self, layers: int | Iterable[int]) -> SteeringVector:
+        """The vector at ``layers`` only (one index or several; negative ones as in ``vector[-1]``)."""
+        wanted = [layers] if isinstance(layers, numbers.Integral) else list(layers)
+        missing = [layer for layer in wanted if layer not in self]
+        if missing or not wanted:
+            raise KeyError(f"layers {missing or wanted} are not in this vector; it has layers {self.layers}")
+        return self._with({self._key(int(layer)): self[int(layer)] for layer in wanted})
+
+    def normalize(self) -> SteeringVector:
+        """Each layer's direction (each row's, for per-row vectors) scaled to unit L2 norm."""
+        out = {}
+        for layer, v in self.items():
+            norm = v.float().norm(dim=-1, keepdim=True)
+            if bool((norm == 0).any()):
+                raise ValueError(f"layer {layer}: the vector is zero and has no direction to normalize")
+            out[layer] = (v.float() / norm).to(v.dtype)
+        return self._with(out)
+
+    def norms(self) -> dict[int, float]:
+        """The L2 norm of each layer's vector (of the mean row, for per-row vectors)."""
+        return {layer: float(_flat(v).norm()) for layer, v in self.items()}
+
+    def cosine(self, other: SteeringVector) -> dict[int, float]:
+        """Cosine similarity with ``other`` at each layer both hold (for per-row vectors, of the mean row).
+        For every pair of layers, see ``steerable.diagnostics.cosine_matrix``."""
+        if not isinstance(other, SteeringVector):
+            raise TypeError(f"expected a SteeringVector, got {type(other).__name__}")
+        if other.hidden_size != self.hidden_size:
+            raise ValueError(f"cannot compare vectors of hidden size {self.hidden_size} and {other.hidden_size}")
+        shared = [layer for layer in self.layers if layer in other]
+        if not shared:
+            raise ValueError(f"the vectors share no layer: {self.layers} and {other.layers}")
+        return {
+            layer: float(torch.nn.functional.cosine_similarity(_flat(self[layer]), _flat(other[layer]), dim=0))
+            for layer in shared
+        }
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -310,6 +355,44 @@ class SteeringVector:
             description=metadata.get("description"),
             num_layers=_int_or_none(metadata.get("num_layers"), name),
         )
+
+
+def _scalar(scale: Any) -> float | Tensor | None:
+    """A number or a 0-d tensor (kept as a tensor when it requires grad); None for anything else."""
+    if isinstance(scale, Tensor):
+        if scale.ndim != 0 or scale.dtype == torch.bool:
+            raise ValueError(
+                f"a steering vector is scaled by a number or a 0-d tensor, got a tensor of shape {list(scale.shape)}; "
+                "for one multiplier per batch row pass them to steer(...)"
+            )
+        return scale if scale.requires_grad else float(scale)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):  # numpy scalars are Real
+        return None
+    return float(scale)
+
+
+def _number(value: float | Tensor) -> float:
+    return float(value.detach()) if isinstance(value, Tensor) else value
+
+
+def _like(value: float | Tensor, v: Tensor) -> float | Tensor:
+    return value.to(v.device, v.dtype) if isinstance(value, Tensor) else value
+
+
+def _flat(v: Tensor) -> Float[Tensor, " d_model"]:
+    return (v.float().mean(0) if v.ndim == 2 else v.float()).detach().cpu()
+
+
+def model_name_of(config: Any) -> str | None:
+    """The model's name for a vector's metadata: the hub id, never a local path (a cache directory says
+    nothing to whoever reads the file, and may leak a user name): for a path, its last component."""
+    name = getattr(config, "name_or_path", None) or None
+    if name is None:
+        return None
+    text = str(name)
+    if os.path.isabs(text) or text.startswith((".", "~")) or os.path.exists(text) or "\\" in text:
+        return Path(text.rstrip("/\\")).name or None
+    return text
 
 
 def _int_or_none(value: str | None, name: str) -> int | None:

