@@ -1,4 +1,4 @@
-"""The ``steerable`` command line: ``info``, ``train``, ``generate``, ``sweep`` and ``bench``."""
+"""The ``steerable`` command line: ``info``, ``train``, ``generate``, ``sweep``, ``diagnose`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -43,30 +43,65 @@ def _model(name: str | None):  # type: ignore[no-untyped-def]
     return SteerableModel.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
 
 
-def train(args: argparse.Namespace) -> None:
-    import json
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers takes comma-separated integers, got {text!r}") from None
 
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers (write {option}=-2,0,2), got {text!r}") from None
+
+
+def _read_index(text: str) -> int | slice | str:
+    """``-1`` (a token), ``5:`` or ``-3:-1`` (a span, averaged), or a chat role (``assistant``)."""
+    from steerable.chat_roles import ROLES
+
+    if text in ROLES:
+        return text
+    try:
+        if ":" in text:
+            start, stop = (int(x) if x else None for x in text.split(":", 1))
+            return slice(start, stop)
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"--read-token-index takes a token index (-1), a span (5: or -3:-1) or a role ({', '.join(ROLES)}), "
+            f"got {text!r}"
+        ) from None
+
+
+def _pair_file(args: argparse.Namespace, tokenizer: object) -> object:
+    from steerable.pair_files import load_pair_file
+
+    balance = None if args.balance == "none" else args.balance
+    return load_pair_file(args.data, tokenizer, args.chat, balance, args.max_pairs)
+
+
+def train(args: argparse.Namespace) -> None:
     from steerable.datasets import sentiment_pairs, sentiment_preferences
     from steerable.learned import Completion, Preference, optimize_steering_vector
     from steerable.training import ContrastivePair, train_steering_vector
 
     model, tokenizer = _model(args.model)
-    layers = [int(x) for x in args.layers.split(",")]
+    layers = _layers(args.layers) or [6]
     learned = args.method in ("bipo", "likelihood")
     if args.data == "sentiment":
-        preferences = sentiment_preferences(tokenizer)
-        pairs: list[ContrastivePair | tuple[str, str]] = list(sentiment_pairs(tokenizer))
+        preferences = sentiment_preferences(tokenizer)[: args.max_pairs]
+        pairs: list[ContrastivePair] = sentiment_pairs(tokenizer)[: args.max_pairs]
     else:
-        items = json.loads(Path(args.data).read_text())
-        if not isinstance(items, list) or not all(
-            isinstance(i, dict) and {"positive", "negative"} <= i.keys() for i in items
-        ):
-            raise ValueError(
-                f"{args.data}: expected a JSON list of {{'positive': ..., 'negative': ...}} objects "
-                "(with 'prompt' too for bipo and likelihood)"
-            )
-        preferences = [Preference(i.get("prompt", ""), i["positive"], i["negative"]) for i in items]
-        pairs = [(i.get("prompt", "") + i["positive"], i.get("prompt", "") + i["negative"]) for i in items]
+        loaded = _pair_file(args, tokenizer)
+        pairs, preferences = loaded.pairs, loaded.preferences  # type: ignore[attr-defined]
+        if loaded.items is not None:  # type: ignore[attr-defined]
+            from steerable.ab import letter_counts
+
+            print(f"{len(pairs)} A/B pairs; matching letters {letter_counts(loaded.items)}")  # type: ignore[attr-defined]
     if learned:
         data: list[Preference] | list[Completion] = preferences
         if args.method == "likelihood":
@@ -75,43 +110,110 @@ def train(args: argparse.Namespace) -> None:
             model, tokenizer, data, layers, args.method, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size
         )
     else:
+        read = _read_index(args.read_token_index)
         vector = train_steering_vector(
-            model, tokenizer, pairs, layers=layers, method=args.method, batch_size=args.batch_size
+            model,
+            tokenizer,
+            pairs,
+            layers=layers,
+            method=args.method,
+            read_token_index=read,
+            batch_size=args.batch_size,
+            description=args.description,
         )
+    if args.description:
+        vector.description = args.description
     vector.save(args.out)
     print(f"saved {vector} to {args.out}")
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """``--prompt`` (repeatable) and/or ``--prompts-file``: JSON (strings or {"question": ...}), JSONL,
+    or text with one prompt per line."""
+    import json
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".json", ".jsonl"):
+            try:
+                data = (
+                    json.loads(text)
+                    if path.suffix.lower() == ".json"
+                    else [json.loads(x) for x in text.splitlines() if x.strip()]
+                )
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not valid JSON: {error}") from error
+            for number, entry in enumerate(data if isinstance(data, list) else [data]):
+                found = (
+                    entry
+                    if isinstance(entry, str)
+                    else entry.get("question", entry.get("prompt"))
+                    if isinstance(entry, dict)
+                    else None
+                )
+                if not isinstance(found, str):
+                    raise ValueError(f"{path}: entry {number} is neither a string nor has a 'question' or 'prompt'")
+                prompts.append(found)
+        else:
+            prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give a prompt: --prompt TEXT (repeatable) or --prompts-file FILE")
+    return prompts[: args.max_prompts] if args.max_prompts else prompts
+
+
 def generate(args: argparse.Namespace) -> None:
+    import shutil
+    import textwrap
+    from itertools import zip_longest
+
     import torch
 
     from steerable.datasets import chat_prompt
 
     model, tokenizer = _model(args.model)
     vector = load_any(args.vector)
-    encoded = tokenizer([chat_prompt(tokenizer, args.prompt)], return_tensors="pt")
-    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-    outputs = []
-    for multiplier in (0.0, args.multiplier):
-        with torch.inference_mode(), model.steer(vector, multiplier):
-            out = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
-        outputs.append(tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True))
-    print(f"unsteered:      {' '.join(outputs[0].split())}")
-    print(f"steered x{args.multiplier:+g}: {' '.join(outputs[1].split())}")
+    layers = _layers(args.layers)
+    if layers is not None:
+        vector = vector.select(layers)
+    multipliers = _numbers(args.multipliers, "--multipliers")
+    prompts = _prompts(args)
+    texts = [chat_prompt(tokenizer, p) if args.chat else p for p in prompts for _ in multipliers]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    per_row = torch.tensor(multipliers * len(prompts))  # one batched run: each row its own multiplier
+    with torch.inference_mode(), model.steer(vector, per_row):
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    width = max(24, (shutil.get_terminal_size((160, 24)).columns - 3 * (len(multipliers) - 1)) // len(multipliers))
+    for k, prompt in enumerate(prompts):
+        print(f"== {' '.join(prompt.split())[:200]}")
+        columns = [
+            [f"x{m:+g}" + (" (unsteered)" if m == 0 else "")]
+            + textwrap.wrap(" ".join(replies[k * len(multipliers) + j].split()), width)
+            for j, m in enumerate(multipliers)
+        ]
+        for line in zip_longest(*columns, fillvalue=""):
+            print(" | ".join(cell.ljust(width) for cell in line).rstrip())
+        print()
 
 
 def sweep(args: argparse.Namespace) -> None:
     import json
 
-    from steerable.evaluation import ab_pairs, load_ab_dataset, open_ended
-    from steerable.sweep import plot_sweep, sweep_ab, write_table
+    from steerable.ab import ab_pairs, load_ab_dataset
+    from steerable.evaluation import open_ended
+    from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
     from steerable.training import train_steering_vector
 
-    multipliers = [float(m) for m in args.multipliers.split(",")]
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    multipliers = _numbers(args.multipliers, "--multipliers")
+    layers = _layers(args.layers)
     model, tokenizer = _model(args.model)
     items = load_ab_dataset(args.data)
-    chat = not args.no_chat
+    chat = args.chat
+    balance = None if args.balance == "none" else args.balance
     if args.vector:
         vector = load_any(args.vector)
     else:  # train on --train-data, or on the first half of --data and evaluate on the second half
@@ -120,27 +222,72 @@ def sweep(args: argparse.Namespace) -> None:
         if not train_items or not items:
             raise ValueError("need at least 2 items to split --data into training and evaluation halves")
         vector = train_steering_vector(
-            model, tokenizer, ab_pairs(tokenizer, train_items, chat), layers=layers or [6], show_progress=True
+            model,
+            tokenizer,
+            ab_pairs(tokenizer, train_items, chat, balance),
+            layers=layers or [6],
+            show_progress=True,
+            description=f"mean vector, A/B pairs balance={args.balance}",
         )
-    rows = sweep_ab(model, tokenizer, items, vector, multipliers, layers, chat, show_progress=True)
+    behaviour = args.behaviour or Path(args.data).parent.name
+    result = sweep_ab(model, tokenizer, items, vector, multipliers, layers, chat, behaviour=behaviour)
     out = Path(args.out)
-    paths = write_table(rows, out / "sweep") + plot_sweep(rows, out / "sweep")
-    best = max(rows, key=lambda r: r["steerability"])["layer"]
-    best_vector = SteeringVector({best: vector[best]}, site=vector.site)
-    samples = open_ended(
-        model,
-        tokenizer,
-        [i.question for i in items[:2]],
-        best_vector,
-        multipliers,
-        judge=lambda text: float(len(text.split())),
-        max_new_tokens=args.max_new_tokens,
-        chat=chat,
+    paths = write_table(result, out / "sweep") + plot_sweep(result, out / "sweep", fixed_axis=args.fixed_axis)
+    paths += plot_sweep(result, out / "steerability", metric="steerability")[:1]
+    best = result.best_layer()
+    for row in result.rows:
+        print(
+            f"layer {row['layer']:>3}  x{row['multiplier']:+g}  p(matching) {row['p_matching']:.3f} "
+            f"[{row['p_matching_low']:.3f}, {row['p_matching_high']:.3f}]"
+        )
+    print(f"unsteered p(matching) {result.unsteered_mean:.3f}; most steerable layer: {best}")
+    open_path = Path(args.open_ended) if args.open_ended else Path(args.data).with_name("test_dataset_open_ended.json")
+    if args.samples and open_path.exists():
+        prompts = [entry["question"] for entry in json.loads(open_path.read_text())[: args.samples]]
+        samples = open_ended(
+            model, tokenizer, prompts, vector.select(best), multipliers, max_new_tokens=args.max_new_tokens, chat=chat
+        )
+        (out / "samples.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
+        paths += write_table(summarize_generations(samples), out / "samples_summary")
+        paths.append(
+            plot_behaviour_vs_fluency(samples, out / "samples_tradeoff.png", result.title, "mean VADER compound")
+        )
+        print(f"open-ended samples ({len(prompts)} prompts from {open_path.name}, judged by VADER) at layer {best}")
+    elif args.samples:
+        print(f"no open-ended prompts at {open_path} (give --open-ended FILE): no samples written")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    import json
+
+    from steerable.diagnostics import diagnose as run
+
+    model, tokenizer = _model(args.model)
+    vector = load_any(args.vector)
+    loaded = _pair_file(args, tokenizer)
+    data = loaded.items if loaded.items is not None else loaded.pairs  # type: ignore[attr-defined]
+    diagnosis = run(model, tokenizer, vector, data, _layers(args.layers), args.chat, _read_index(args.read_token_index))
+    print(diagnosis.report())
+    out = Path(args.out)
+    paths = diagnosis.plots(out, title=f"{Path(args.vector).name} on {Path(args.data).name}")
+    (out / "diagnosis.json").write_text(json.dumps(diagnosis.rows(), indent=1))
+    print(f"wrote {', '.join(str(p) for p in [*paths, out / 'diagnosis.json'])}")
+
+
+def _data_options(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("--data", required=data_help.startswith("(required)"), default=None, help=data_help)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="format with the chat template")
+    p.add_argument(
+        "--read-token-index", default="-1", help="where to read: -1, a span like 5: or -3:-1, or a role (assistant)"
     )
-    (out / "samples.json").write_text(json.dumps([s.__dict__ for s in samples], indent=1))
-    for row in rows:
-        print(f"layer {row['layer']:>3}  x{row['multiplier']:+g}  p(matching) {row['p_matching']:.3f}")
-    print(f"most steerable layer: {best}; wrote {', '.join(str(p) for p in paths)}, {out / 'samples.json'}")
+    p.add_argument("--max-pairs", type=int, default=None, help="use the first N pairs (A/B items) of the file")
+    p.add_argument(
+        "--balance",
+        choices=["none", "subsample", "swap"],
+        default="none",
+        help="A/B files: equal counts of each matching letter (subsample), or each question in both orders (swap)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,7 +298,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=info)
     p = commands.add_parser("train", help="train a vector from contrastive pairs and save it")
     p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
-    p.add_argument("--data", default="sentiment", help="'sentiment' (shipped) or a JSON list of {positive, negative}")
+    _data_options(p, "'sentiment' (shipped), a CAA A/B JSON file, or JSON/JSONL/CSV rows {prompt?, positive, negative}")
+    p.set_defaults(data="sentiment")
     p.add_argument("--layers", default="6", help="comma-separated layer indices")
     p.add_argument(
         "--method",
@@ -162,13 +310,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate (bipo, likelihood)")
     p.add_argument("--epochs", type=int, default=5, help="passes over the data (bipo, likelihood)")
+    p.add_argument("--description", default=None, help="a description stored in the file")
     p.add_argument("--out", default="vector.safetensors")
     p.set_defaults(run=train)
-    p = commands.add_parser("generate", help="unsteered and steered replies to one prompt")
+    p = commands.add_parser("generate", help="replies at several multipliers, side by side, in one batched run")
     p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
     p.add_argument("--vector", required=True, help="a .safetensors or .gguf vector file")
-    p.add_argument("--multiplier", type=float, default=3.0)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--multipliers", "--multiplier", default="0,3", help="comma-separated; write --multipliers=-4,0,4")
+    p.add_argument("--layers", default=None, help="steer only these of the file's layers (comma-separated)")
+    p.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None, help="JSON (strings or {question}), JSONL, or one prompt per line")
+    p.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="format with the chat template")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.set_defaults(run=generate)
     p = commands.add_parser("sweep", help="A/B behaviour over multipliers and layers: table, plots, samples")
@@ -176,12 +329,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="A/B JSON file (CAA format) to evaluate on")
     p.add_argument("--vector", default=None, help="a vector file; if absent, one is trained with 'mean'")
     p.add_argument("--train-data", default=None, help="A/B JSON to train on (default: first half of --data)")
+    p.add_argument(
+        "--balance", choices=["none", "subsample", "swap"], default="swap", help="letter balance for training"
+    )
     p.add_argument("--layers", default=None, help="comma-separated layers (default: the vector's)")
     p.add_argument("--multipliers", default="-2,-1,0,1,2", help="comma-separated; write --multipliers=-2,0,2")
-    p.add_argument("--no-chat", action="store_true", help="plain 'Answer: (' prompts, no chat template")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="format with the chat template")
+    p.add_argument("--behaviour", default=None, help="the behaviour's name for titles (default: the data's folder)")
+    p.add_argument("--fixed-axis", action="store_true", help="p(matching) on a fixed 0-1 axis")
+    p.add_argument(
+        "--open-ended", default=None, help="open-ended prompts (default: test_dataset_open_ended.json beside --data)"
+    )
+    p.add_argument("--samples", type=int, default=4, help="open-ended prompts to sample (0: none)")
     p.add_argument("--max-new-tokens", type=int, default=30, help="length of the sample generations")
     p.add_argument("--out", default="sweep_results")
     p.set_defaults(run=sweep)
+    p = commands.add_parser(
+        "diagnose", help="does a vector separate the behaviour, or the answer letter? report, plots"
+    )
+    p.add_argument("vector", help="a .safetensors or .gguf vector file")
+    p.add_argument("--model", default=None, help="model path or name (default: SmolLM2-135M-Instruct, offline)")
+    _data_options(
+        p, "(required) held-out data: a CAA A/B JSON file, or JSON/JSONL/CSV rows {prompt?, positive, negative}"
+    )
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: the vector's)")
+    p.add_argument("--out", default="diagnosis")
+    p.set_defaults(run=diagnose)
     p = commands.add_parser(
         "bench", help="the overhead benchmark (all its options: steerable bench --help)", add_help=False
     )

@@ -9,11 +9,9 @@ answer-letter position, averaged over items.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,56 +19,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from steerable.ab import ABItem, ab_pairs, ab_prompt, load_ab_dataset
 from steerable.datasets import chat_prompt
-from steerable.training import ContrastivePair
 from steerable.vectors import SteeringVector
 
-
-@dataclass(frozen=True)
-class ABItem:
-    question: str
-    matching: str  # the letter of the answer that matches the behaviour, e.g. "A"
-    not_matching: str
-
-
-def load_ab_dataset(path: str | Path) -> list[ABItem]:
-    """Read an A/B JSON file; a malformed item is an error that names it."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty JSON list of A/B items")
-    items = []
-    for number, item in enumerate(data):
-        keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
-        if not isinstance(item, dict) or any(not isinstance(item.get(k), str) for k in keys):
-            raise ValueError(f"{path}: item {number} needs string fields {', '.join(keys)}")
-        letters = [item[k].strip().strip("()").strip() for k in keys[1:]]
-        if any(len(letter) != 1 or not letter.isalpha() for letter in letters) or letters[0] == letters[1]:
-            raise ValueError(
-                f"{path}: item {number} answers must be two different letters like '(A)' and '(B)', "
-                f"got {item[keys[1]]!r} and {item[keys[2]]!r}"
-            )
-        items.append(ABItem(item["question"], letters[0], letters[1]))
-    return items
-
-
-def ab_prompt(tokenizer: Any, question: str, chat: bool = True) -> str:
-    """The text up to the answer letter: the model's next token is the letter."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        return chat_prompt(tokenizer, question) + "("
-    return f"{question}\n\nAnswer: ("
-
-
-def ab_pairs(tokenizer: Any, items: Sequence[ABItem], chat: bool = True) -> list[ContrastivePair]:
-    """Training pairs: prompt + matching letter vs prompt + other letter, read at the letter."""
-    return [
-        ContrastivePair(
-            ab_prompt(tokenizer, i.question, chat) + i.matching, ab_prompt(tokenizer, i.question, chat) + i.not_matching
-        )
-        for i in items
-    ]
+__all__ = ["ABItem", "ab_pairs", "ab_prompt", "load_ab_dataset"]  # A/B data lives in steerable.ab
 
 
 def _letter_id(tokenizer: Any, prompt: str, letter: str) -> int:
@@ -89,10 +42,11 @@ def ab_scores(
     multipliers: Sequence[float] = (0.0,),
     chat: bool = True,
     batch_size: int = 16,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
 ) -> Float[Tensor, "items multipliers"]:
     """p(matching) / (p(A) + p(B)) for every item at every multiplier. Each (item, multiplier) is one
-    row of a batch, with its own multiplier: a grid costs forwards for its rows, not per multiplier."""
+    row of a batch, with its own multiplier: a grid costs forwards for its rows, not per multiplier.
+    Progress bar: on for 4 batches or more, unless ``show_progress`` says otherwise."""
     prompts = [ab_prompt(tokenizer, i.question, chat) for i in items]
     letters = [
         (_letter_id(tokenizer, p, i.matching), _letter_id(tokenizer, p, i.not_matching))
@@ -101,7 +55,9 @@ def ab_scores(
     rows = [(k, j) for k in range(len(items)) for j in range(len(multipliers))]
     scores = torch.zeros(len(items), len(multipliers))
     pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    for start in tqdm(range(0, len(rows), batch_size), desc="A/B evaluation", disable=not show_progress):
+    starts = range(0, len(rows), batch_size)
+    progress = show_progress if show_progress is not None else len(starts) >= 4
+    for start in tqdm(starts, desc="A/B evaluation", disable=not progress):
         chunk = rows[start : start + batch_size]
         ids_list = [tokenizer(prompts[k])["input_ids"] for k, _ in chunk]
         width = max(len(x) for x in ids_list)
@@ -182,12 +138,15 @@ def open_ended(
     judge: Callable[[str], float] | None = None,
     max_new_tokens: int = 40,
     chat: bool = True,
+    show_progress: bool | None = None,
 ) -> list[Generation]:
     """Greedy generations for every prompt at every multiplier (one batched ``generate`` per prompt,
-    one multiplier per row), scored by ``judge`` (default: VADER) and by fluency."""
+    one multiplier per row), scored by ``judge`` (default: VADER) and by fluency: one ``Generation``
+    per (prompt, multiplier), the per-item scores. Progress bar: on for 2 prompts or more."""
     judge = judge or vader_judge()
     results = []
-    for user in prompts:
+    progress = show_progress if show_progress is not None else len(prompts) >= 2
+    for user in tqdm(prompts, desc="Open-ended generations", disable=not progress):
         prompt = chat_prompt(tokenizer, user) if chat else user
         ids = tokenizer([prompt] * len(multipliers), return_tensors="pt")
         ids = {k: v.to(next(model.parameters()).device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}

@@ -225,14 +225,15 @@ class SteerableModel:
     ) -> SteeringHandle:
         """Apply ``vector`` now; returns a handle (also a context manager) that removes it.
 
-        ``multiplier``: a number, a 0-d tensor, or a 1-D tensor with one value per batch row; tensors
+        ``multiplier``: a number, a 0-d tensor, or a 1-D tensor (list, array) with one value per batch row; tensors
         that require grad stay live (trainable steering).
         ``operator``: ``add``, ``ablate``, ``ablate_then_add``, ``clamp``, a registered name, an
         ``Operator``, or a callable ``(hidden, multiplier * vector) -> delta`` (see ``steerable.operators``).
         ``positions``: ``"all"``, ``"prompt"``, ``"generated"``, a chat role (``"assistant"``,
         ``"last_user_turn"``, found with ``tokenizer``'s chat template; see ``steerable.chat_roles``), or a
-        boolean mask ``[rows, prompt_len]`` (or ``[prompt_len]``) over absolute token positions. ``min_token_index``: only tokens at this
-        absolute position (counted from each row's first non-padding token) or later.
+        boolean mask ``[rows, prompt_len]`` (or ``[prompt_len]``) over absolute token positions.
+        ``min_token_index``: only tokens at this absolute position (counted from each row's first
+        non-padding token) or later. ``multiplier`` may also be a list or NumPy array (one per row).
         ``token_indices``: the steering-vectors library's spelling of a selection: a list of positions,
         a slice, or a 0/1 or boolean tensor.
         """

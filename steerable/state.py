@@ -106,7 +106,7 @@ class ModelState:
         if self.selections:
             buffers = self.stack._buffers
             for slot in self.selections:
-                found = {k: buffers[name] for k, name in slot.names.items()}
+                found: dict[str, Tensor] = {k: buffers[name] for k, name in slot.names.items()}  # type: ignore[misc]
                 markers = {k: found[k] for k in ("header", "end")} if "header" in found else None
                 context.masks[slot.index] = selection_mask(
                     slot.mode,  # type: ignore[arg-type]

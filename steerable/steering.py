@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from steerable.architectures import SITES
-from steerable.layers import Slot, SteerableLayer
 from steerable.chat_roles import ROLES, ChatMarkers
+from steerable.layers import Slot, SteerableLayer
 from steerable.operators import Operator, for_rows, resolve_operator
 from steerable.positions import PositionMode, Selection
 from steerable.state import ModelState, reference_tensor, resolve_layers

@@ -1,15 +1,72 @@
-"""Sweeps over multipliers (and layers): a tidy table (CSV and JSON) and plots (matplotlib)."""
+"""Sweeps over multipliers (and layers) with honest statistics: per-item scores, seeded bootstrap
+confidence intervals on every mean, tidy tables (CSV and JSON) and plots (matplotlib) that show the
+intervals, chance and the unsteered model, so noise does not pass for an effect."""
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
 from steerable.evaluation import ABItem, Generation, ab_scores, steerability
-from steerable.vectors import SteeringVector
+from steerable.vectors import SteeringVector, model_name_of
+
+
+def bootstrap_ci(
+    values: Sequence[float] | Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its percentile-bootstrap interval, the same for the same seed."""
+    data = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if data.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, data.numel(), (resamples, data.numel()), generator=generator)
+    means = data[picks].mean(1)
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return float(data.mean()), float(low), float(high)
+
+
+@dataclass
+class Sweep:
+    """What ``sweep_ab`` measured. ``rows``: one per (layer, multiplier) with the mean p(matching) and
+    its interval, and the layer's mean steerability with its interval. ``scores[layer]``: the per-item
+    scores ``[items, multipliers]``; ``unsteered``: each item's score without steering."""
+
+    rows: list[dict[str, Any]]
+    scores: dict[int, Float[Tensor, "items multipliers"]]
+    unsteered: Float[Tensor, " items"]
+    multipliers: list[float]
+    title: str = ""
+    confidence: float = 0.95
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unsteered_mean(self) -> float:
+        return float(self.unsteered.mean())
+
+    def best_layer(self) -> int:
+        """The layer with the largest mean steerability."""
+        return int(max(self.rows, key=lambda r: r["steerability"])["layer"])
+
+    def item_rows(self) -> list[dict[str, Any]]:
+        """A tidy per-item table: (layer, multiplier, item, p_matching)."""
+        return [
+            {"layer": layer, "multiplier": m, "item": k, "p_matching": float(scores[k, j])}
+            for layer, scores in self.scores.items()
+            for k in range(scores.shape[0])
+            for j, m in enumerate(self.multipliers)
+        ]
 
 
 def sweep_ab(
@@ -21,71 +78,140 @@ def sweep_ab(
     layers: Sequence[int] | None = None,
     chat: bool = True,
     batch_size: int = 16,
-    show_progress: bool = False,
-) -> list[dict[str, Any]]:
-    """One row per (layer, multiplier): mean p(matching), mean steerability and the anti-steerable
-    fraction over items. Each layer is steered alone with its own direction from ``vector``."""
-    rows = []
-    for layer in layers if layers is not None else vector.layers:
-        alone = SteeringVector({layer: vector[layer]}, **vector.metadata())
-        scores = ab_scores(model, tokenizer, items, alone, multipliers, chat, batch_size, show_progress)
-        slopes, anti = steerability(scores, multipliers)
+    show_progress: bool | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    behaviour: str | None = None,
+) -> Sweep:
+    """Steer each layer alone with its own direction from ``vector`` at each multiplier; score every
+    item (p(matching)); report means with seeded bootstrap intervals, per-item slopes (steerability)
+    and the anti-steerable fraction. Progress bars are on unless ``show_progress=False``."""
+    multipliers = [float(m) for m in multipliers]
+    progress = True if show_progress is None else show_progress
+    unsteered = ab_scores(model, tokenizer, items, None, (0.0,), chat, batch_size, False)[:, 0]
+    rows: list[dict[str, Any]] = []
+    scores: dict[int, Tensor] = {}
+    layer_list = list(layers) if layers is not None else vector.layers
+    for layer in layer_list:
+        alone = vector.select(layer)
+        scores[layer] = ab_scores(model, tokenizer, items, alone, multipliers, chat, batch_size, progress)
+        slopes, anti = steerability(scores[layer], multipliers)
+        slope, slope_low, slope_high = bootstrap_ci(slopes, confidence, seed=seed)
         for j, multiplier in enumerate(multipliers):
+            mean, low, high = bootstrap_ci(scores[layer][:, j], confidence, seed=seed)
             rows.append(
                 {
                     "layer": layer,
-                    "multiplier": float(multiplier),
-                    "p_matching": float(scores[:, j].mean()),
-                    "steerability": float(slopes.mean()),
+                    "multiplier": multiplier,
+                    "p_matching": mean,
+                    "p_matching_low": low,
+                    "p_matching_high": high,
+                    "steerability": slope,
+                    "steerability_low": slope_low,
+                    "steerability_high": slope_high,
                     "anti_steerable_fraction": anti,
+                    "n_items": len(items),
                 }
             )
-    return rows
+    model_name = model_name_of(getattr(model, "config", None)) or vector.model_name or "model"
+    vector_name = vector.description or (f"{vector.method} vector" if vector.method else "steering vector")
+    title = f"{behaviour or 'A/B behaviour'}: {vector_name} on {model_name}"
+    return Sweep(rows, scores, unsteered, multipliers, title, confidence)
 
 
-def write_table(rows: Sequence[dict[str, Any]], path_stem: str | Path) -> list[Path]:
-    """``stem.csv`` and ``stem.json``."""
+def write_table(rows: Sequence[dict[str, Any]] | Sweep, path_stem: str | Path) -> list[Path]:
+    """``stem.csv`` and ``stem.json`` (for a ``Sweep``, also the per-item ``stem_items.csv``)."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
-    with csv_path.open("w", newline="") as handle:
+    table = rows.rows if isinstance(rows, Sweep) else list(rows)
+    paths = [_csv(table, stem.with_suffix(".csv"))]
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(table, indent=1))
+    paths.append(json_path)
+    if isinstance(rows, Sweep):
+        paths.append(_csv(rows.item_rows(), stem.with_name(stem.name + "_items.csv")))
+    return paths
+
+
+def _csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    json_path.write_text(json.dumps(list(rows), indent=1))
-    return [csv_path, json_path]
+    return path
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path_stem: str | Path, metric: str = "p_matching") -> list[Path]:
-    """``stem_curves.png`` (metric vs multiplier, a line per layer) and ``stem_heatmap.png``."""
+_LABELS = {
+    "p_matching": "p(answer matching the behaviour)",
+    "steerability": "steerability (mean slope of p(matching) per unit multiplier)",
+}
+
+
+def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", fixed_axis: bool = False) -> list[Path]:
+    """``stem_curves.png``: ``metric`` by multiplier, a line per layer with interval bars, the chance
+    (0.5) and unsteered lines (``metric="steerability"``: steerability by layer, with intervals);
+    ``stem_heatmap.png``: layer x multiplier with the values written in the cells. ``fixed_axis``:
+    p(matching) on a fixed 0-1 axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if metric not in _LABELS:
+        raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(_LABELS)}")
     stem = Path(path_stem)
+    rows = sweep.rows
     layers = sorted({r["layer"] for r in rows})
     multipliers = sorted({r["multiplier"] for r in rows})
-    value = {(r["layer"], r["multiplier"]): r[metric] for r in rows}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for layer in layers:
-        ax.plot(multipliers, [value[(layer, m)] for m in multipliers], marker="o", label=f"layer {layer}")
-    ax.set_xlabel("multiplier")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize="small", ncol=2)
+    at = {(r["layer"], r["multiplier"]): r for r in rows}
+    interval = f"{100 * sweep.confidence:g}% bootstrap interval"
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if metric == "steerability":
+        first = [at[(layer, multipliers[0])] for layer in layers]
+        values = [r["steerability"] for r in first]
+        errors = [
+            [v - r["steerability_low"] for v, r in zip(values, first, strict=True)],
+            [r["steerability_high"] - v for v, r in zip(values, first, strict=True)],
+        ]
+        ax.errorbar(layers, values, yerr=errors, marker="o", capsize=3, label=f"mean steerability ({interval})")
+        ax.axhline(0.0, color="grey", linestyle="--", linewidth=1, label="no effect")
+        ax.set_xlabel("Layer")
+    else:
+        for layer in layers:
+            cells = [at[(layer, m)] for m in multipliers]
+            values = [c["p_matching"] for c in cells]
+            errors = [
+                [v - c["p_matching_low"] for v, c in zip(values, cells, strict=True)],
+                [c["p_matching_high"] - v for v, c in zip(values, cells, strict=True)],
+            ]
+            ax.errorbar(multipliers, values, yerr=errors, marker="o", capsize=3, label=f"layer {layer}")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
+        ax.axhline(sweep.unsteered_mean, color="black", linestyle=":", linewidth=1.2, label="unsteered")
+        ax.set_xlabel("Multiplier")
+        if fixed_axis:
+            ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel(_LABELS[metric])
+    ax.set_title(sweep.title, fontsize="medium")
+    ax.legend(fontsize="small", ncol=2, title=f"bars: {interval}", title_fontsize="x-small")
     ax.grid(alpha=0.3)
     curves = stem.with_name(stem.name + "_curves.png")
     fig.tight_layout()
     fig.savefig(curves, dpi=120)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(layers) + 1.5))
-    grid = [[value[(layer, m)] for m in multipliers] for layer in layers]
-    image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", origin="lower")
-    ax.set_xticks(range(len(multipliers)), [f"{m:g}" for m in multipliers])
+
+    fig, ax = plt.subplots(figsize=(1.0 * len(multipliers) + 2.5, 0.45 * len(layers) + 1.8))
+    grid = [[at[(layer, m)]["p_matching"] for m in multipliers] for layer in layers]
+    low, high = (0.0, 1.0) if fixed_axis else (None, None)
+    image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", origin="lower", vmin=low, vmax=high)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small")
+    ax.set_xticks(range(len(multipliers)), [f"{m:+g}" for m in multipliers])
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-    ax.set_xlabel("multiplier")
-    ax.set_ylabel("layer")
-    fig.colorbar(image, label=metric)
+    ax.set_xlabel("Multiplier")
+    ax.set_ylabel("Layer")
+    ax.set_title(sweep.title, fontsize="small")
+    fig.colorbar(image, label=_LABELS["p_matching"])
     heatmap = stem.with_name(stem.name + "_heatmap.png")
     fig.tight_layout()
     fig.savefig(heatmap, dpi=120)
@@ -93,40 +219,52 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path_stem: str | Path, metric: st
     return [curves, heatmap]
 
 
-def plot_behaviour_vs_fluency(generations: Sequence[Generation], path: str | Path) -> Path:
-    """Mean judge score and mean perplexity per multiplier: the trade-off for picking a multiplier."""
+def summarize_generations(
+    generations: Sequence[Generation], confidence: float = 0.95, seed: int = 0
+) -> list[dict[str, float]]:
+    """Per multiplier: mean judge with its bootstrap interval, median perplexity, mean distinct-2."""
+    out = []
+    for m in sorted({g.multiplier for g in generations}):
+        group = [g for g in generations if g.multiplier == m]
+        judge, low, high = bootstrap_ci([g.judge for g in group], confidence, seed=seed)
+        out.append(
+            {
+                "multiplier": m,
+                "judge": judge,
+                "judge_low": low,
+                "judge_high": high,
+                "perplexity": statistics.median(g.perplexity for g in group),
+                "distinct2": statistics.fmean(g.distinct2 for g in group),
+                "n_prompts": len(group),
+            }
+        )
+    return out
+
+
+def plot_behaviour_vs_fluency(
+    generations: Sequence[Generation], path: str | Path, title: str = "", judge_label: str = "mean judge score"
+) -> Path:
+    """Mean judge score (with intervals) against perplexity, one point per multiplier, labelled with
+    its signed multiplier: the trade-off for picking a multiplier."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary = summarize_generations(generations)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([s["perplexity"] for s in summary], [s["judge"] for s in summary], marker="o")
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    x = [s["perplexity"] for s in summary]
+    y = [s["judge"] for s in summary]
+    errors = [[s["judge"] - s["judge_low"] for s in summary], [s["judge_high"] - s["judge"] for s in summary]]
+    ax.errorbar(x, y, yerr=errors, marker="o", capsize=3)
     for s in summary:
-        ax.annotate(f"{s['multiplier']:g}", (s["perplexity"], s["judge"]), fontsize="small")
-    ax.set_xlabel("perplexity under the unsteered model")
-    ax.set_ylabel("mean judge score")
+        # offset from the marker, so the marker never covers a label's minus sign
+        ax.annotate(f"{s['multiplier']:+g}", (s["perplexity"], s["judge"]), xytext=(6, 4), textcoords="offset points")
+    ax.set_xlabel("Perplexity of the reply under the unsteered model (median)")
+    ax.set_ylabel(f"{judge_label} (95% bootstrap interval)")
+    ax.set_title(title or "Behaviour vs fluency, by multiplier", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
-
-
-def summarize_generations(generations: Sequence[Generation]) -> list[dict[str, float]]:
-    """Per multiplier: mean judge, median perplexity, mean distinct-2."""
-    import statistics
-
-    out = []
-    for m in sorted({g.multiplier for g in generations}):
-        group = [g for g in generations if g.multiplier == m]
-        out.append(
-            {
-                "multiplier": m,
-                "judge": statistics.fmean(g.judge for g in group),
-                "perplexity": statistics.median(g.perplexity for g in group),
-                "distinct2": statistics.fmean(g.distinct2 for g in group),
-            }
-        )
-    return out

@@ -198,7 +198,7 @@ class SteeringVector:
     # -- everyday operations ----------------------------------------------------------------------
     def select(self, layers: int | Iterable[int]) -> SteeringVector:
         """The vector at ``layers`` only (one index or several; negative ones as in ``vector[-1]``)."""
-        wanted = [layers] if isinstance(layers, numbers.Integral) else list(layers)
+        wanted = [int(layers)] if isinstance(layers, numbers.Integral) else list(layers)  # type: ignore[arg-type]
         missing = [layer for layer in wanted if layer not in self]
         if missing or not wanted:
             raise KeyError(f"layers {missing or wanted} are not in this vector; it has layers {self.layers}")
