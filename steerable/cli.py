@@ -260,12 +260,16 @@ def sweep(args: argparse.Namespace) -> None:
 
 def diagnose(args: argparse.Namespace) -> None:
     import json
+    import warnings
 
+    from steerable.ab import LetterImbalanceWarning
     from steerable.diagnostics import diagnose as run
 
     model, tokenizer = _model(args.model)
     vector = load_any(args.vector)
-    loaded = _pair_file(args, tokenizer)
+    with warnings.catch_warnings():  # diagnose reads A/B items in both answer orders: balance is moot
+        warnings.simplefilter("ignore", LetterImbalanceWarning)
+        loaded = _pair_file(args, tokenizer)
     data = loaded.items if loaded.items is not None else loaded.pairs  # type: ignore[attr-defined]
     diagnosis = run(model, tokenizer, vector, data, _layers(args.layers), args.chat, _read_index(args.read_token_index))
     print(diagnosis.report())

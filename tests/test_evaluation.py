@@ -134,12 +134,18 @@ def test_open_ended_rows_equal_separate_generations_and_plot(setup, tmp_path) ->
 
 def test_sweep_table_and_plots(setup, tmp_path) -> None:
     model, tok, items, vector = setup
-    rows = sweep_ab(model, tok, items, vector, MULTIPLIERS, layers=[0, 2], chat=False)
+    sweep = sweep_ab(model, tok, items, vector, MULTIPLIERS, layers=[0, 2], chat=False, show_progress=False)
+    rows = sweep.rows
     assert [(r["layer"], r["multiplier"]) for r in rows] == [(layer, m) for layer in (0, 2) for m in MULTIPLIERS]
     alone = ab_scores(model, tok, items, SteeringVector({2: vector[2]}), MULTIPLIERS, chat=False)
     assert [r["p_matching"] for r in rows[3:]] == pytest.approx(alone.mean(0).tolist(), abs=1e-6)
-    paths = write_table(rows, tmp_path / "sweep")
+    torch.testing.assert_close(sweep.scores[2], alone, rtol=0, atol=1e-6)  # per-item scores are kept
+    assert all(r["p_matching_low"] <= r["p_matching"] <= r["p_matching_high"] for r in rows)
+    unsteered = ab_scores(model, tok, items, None, [0.0], chat=False)[:, 0]
+    torch.testing.assert_close(sweep.unsteered, unsteered, rtol=0, atol=1e-6)
+    paths = write_table(sweep, tmp_path / "sweep")
     assert json.loads(paths[1].read_text()) == rows
-    assert paths[0].read_text().splitlines()[0] == "layer,multiplier,p_matching,steerability,anti_steerable_fraction"
-    for png in plot_sweep(rows, tmp_path / "sweep"):
+    assert paths[0].read_text().splitlines()[0].startswith("layer,multiplier,p_matching,p_matching_low,p_matching_high")
+    assert len(paths[2].read_text().splitlines()) == 1 + 2 * len(items) * len(MULTIPLIERS)
+    for png in plot_sweep(sweep, tmp_path / "sweep"):
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -276,7 +276,9 @@ def test_numpy_numbers_are_numbers_everywhere(pair) -> None:
 
 def test_record_positions_outside_the_forward_are_a_clear_error(pair) -> None:
     _, model = pair
-    with pytest.raises(ValueError, match=r"record positions \[-1, 7\] are outside row 0, which has 5 non-padding tokens"):
+    with pytest.raises(
+        ValueError, match=r"record positions \[-1, 7\] are outside row 0, which has 5 non-padding tokens"
+    ):
         with model.record(layers=[0], positions=[-1, 7]), torch.no_grad():
             model(input_ids=IDS, attention_mask=MASK)
     assert not model.is_steering and model._steerable.taps == 0
