@@ -2,10 +2,13 @@
 
     python -m benchmarks.evaluation_report [--train 100] [--test 50]
 
-(a) For refusal, corrigible-neutral-HHH and coordinate-other-ais: train a `mean` vector on the first
-``--train`` items of ../shared/data/caa/generate/<behaviour>, sweep layers x multipliers on the first
-``--test`` items of ../shared/data/caa/test/<behaviour>/test_dataset_ab.json (chat template), pick the
-most steerable layer, and report p(matching) there with and without the chat template.
+(a) For refusal, corrigible-neutral-HHH and coordinate-other-ais: train `mean` vectors on the first
+``--train`` items of ../shared/data/caa/generate/<behaviour>, as given (letters unbalanced) and with
+each question in both answer orders (``balance="swap"``); diagnose both on the held-out test items
+(behaviour AUC, answer-letter AUC, cosine with the letter direction, per layer); sweep layers x
+multipliers with the order-swapped vector on the first ``--test`` items of
+../shared/data/caa/test/<behaviour>/test_dataset_ab.json (chat template, bootstrap intervals), pick
+the most steerable layer, and report p(matching) there with and without the chat template.
 (b) The shipped sentiment vector (layer 6): VADER compound of greedy replies to the held-out prompts and
 their perplexity under the unsteered model, over multipliers.
 Writes benchmarks/results/evaluation/ (report.md, tables, plots, sample generations).
@@ -16,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
-from steerable import SteeringVector, train_steering_vector
+from steerable import train_steering_vector
+from steerable.ab import LetterImbalanceWarning, ab_pairs, letter_counts, load_ab_dataset
 from steerable.datasets import sentiment_pairs, sentiment_prompts
-from steerable.evaluation import ab_pairs, ab_scores, load_ab_dataset, open_ended
+from steerable.diagnostics import diagnose
+from steerable.evaluation import ab_scores, open_ended
 from steerable.offline import smollm2
 from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
 
@@ -48,42 +54,96 @@ def main() -> None:
         "",
         "## (a) CAA behaviours (A/B, p(matching) = p(matching letter) / (p(A) + p(B)))",
         "",
-        f"`mean` vectors trained on the first {args.train} items of `generate/<behaviour>`; evaluated on the "
-        f"first {args.test} items of `test/<behaviour>/test_dataset_ab.json`; layers {LAYERS}, "
-        f"multipliers {MULTIPLIERS}; chat template on. The most steerable layer is the one with the largest mean "
-        "per-item slope.",
+        "### Is the vector the behaviour or the answer letter?",
         "",
-        "| behaviour | best layer | p(matching) at -2 / 0 / +2 (chat) | same without chat template | mean slope | "
-        "anti-steerable items |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"`mean` vectors trained on the first {args.train} items of `generate/<behaviour>`, as given and with every "
+        'question in both answer orders (`balance="swap"`, the CAA paper\'s design). Diagnosed on the first '
+        f"{args.test} items of `test/<behaviour>/test_dataset_ab.json`, read in both orders: behaviour AUC (positive "
+        "vs negative projections; 0.5 is chance), answer-letter AUC (A-texts vs B-texts, direction-free) and the "
+        "cosine of the vector with the letter direction (mean A-read minus mean B-read).",
+        "",
+        "| behaviour | training letters | layer | norm | behaviour AUC | letter AUC | cos(letter) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    sweep_lines = [
+        "",
+        "### Steering with the order-swapped vectors",
+        "",
+        f"Evaluated on the first {args.test} items of `test/<behaviour>/test_dataset_ab.json`; layers {LAYERS}, "
+        f"multipliers {MULTIPLIERS}; chat template on; [low, high] is the 95% bootstrap interval over items (seed 0). "
+        "The most steerable layer is the one with the largest mean per-item slope.",
+        "",
+        "| behaviour | best layer | unsteered | p(matching) at -2 / 0 / +2 (chat) | same without chat template | "
+        "mean slope [95% CI] | anti-steerable items |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for behaviour in BEHAVIOURS:
         train_items = load_ab_dataset(CAA / "generate" / behaviour / "generate_dataset.json")[: args.train]
         test_items = load_ab_dataset(CAA / "test" / behaviour / "test_dataset_ab.json")[: args.test]
-        vector = train_steering_vector(model, tokenizer, ab_pairs(tokenizer, train_items), layers=LAYERS, batch_size=16)
+        vectors = {}
+        for balance in (None, "swap"):
+            with warnings.catch_warnings():  # the imbalance is the point of the comparison
+                warnings.simplefilter("ignore", LetterImbalanceWarning)
+                pairs = ab_pairs(tokenizer, train_items, balance=balance)
+            vector = train_steering_vector(
+                model, tokenizer, pairs, layers=LAYERS, description=f"{behaviour} mean, balance={balance}"
+            )
+            vectors[balance] = vector
+            counts = letter_counts(train_items) if balance is None else {"A": len(train_items), "B": len(train_items)}
+            label = ("as given " if balance is None else "both orders ") + " / ".join(
+                f"{n} {k}" for k, n in counts.items()
+            )
+            for row in diagnose(model, tokenizer, vector, test_items).layers:
+                lines.append(
+                    f"| {behaviour} | {label} | {row.layer} | {row.norm:.2f} | {row.behaviour_auc:.3f} | "
+                    f"{row.letter_auc:.3f} | {row.letter_cosine:+.3f}"
+                    + (" (letter-driven) |" if row.letter_driven else " |")
+                )
+        vector = vectors["swap"]
         vector.save(out / f"{behaviour}.safetensors")
-        rows = sweep_ab(model, tokenizer, test_items, vector, MULTIPLIERS, LAYERS)
-        write_table(rows, out / f"{behaviour}_sweep")
-        plot_sweep(rows, out / f"{behaviour}_sweep")
-        best = max(rows, key=lambda r: r["steerability"])
-        at = {r["multiplier"]: r["p_matching"] for r in rows if r["layer"] == best["layer"]}
-        alone = SteeringVector({best["layer"]: vector[best["layer"]]})
-        plain = ab_scores(model, tokenizer, test_items, alone, [-2.0, 0.0, 2.0], chat=False).mean(0).tolist()
-        lines.append(
-            f"| {behaviour} | {best['layer']} | {at[-2.0]:.3f} / {at[0.0]:.3f} / {at[2.0]:.3f} | "
-            f"{plain[0]:.3f} / {plain[1]:.3f} / {plain[2]:.3f} | {best['steerability']:.4f} | "
+        sweep = sweep_ab(model, tokenizer, test_items, vector, MULTIPLIERS, LAYERS, behaviour=behaviour)
+        write_table(sweep, out / f"{behaviour}_sweep")
+        plot_sweep(sweep, out / f"{behaviour}_sweep")
+        plot_sweep(sweep, out / f"{behaviour}_steerability", metric="steerability")
+        best_layer = sweep.best_layer()
+        at = {r["multiplier"]: r for r in sweep.rows if r["layer"] == best_layer}
+        plain = ab_scores(model, tokenizer, test_items, vector.select(best_layer), [-2.0, 0.0, 2.0], chat=False)
+        plain_means = plain.mean(0).tolist()
+        best = at[0.0]
+        sweep_lines.append(
+            f"| {behaviour} | {best_layer} | {sweep.unsteered_mean:.3f} | "
+            + " / ".join(
+                f"{at[m]['p_matching']:.3f} [{at[m]['p_matching_low']:.3f}, {at[m]['p_matching_high']:.3f}]"
+                for m in (-2.0, 0.0, 2.0)
+            )
+            + f" | {plain_means[0]:.3f} / {plain_means[1]:.3f} / {plain_means[2]:.3f} | "
+            f"{best['steerability']:.4f} [{best['steerability_low']:.4f}, {best['steerability_high']:.4f}] | "
             f"{100 * best['anti_steerable_fraction']:.0f}% |"
         )
-    lines += ["", "Curves (one line per layer) and layer x multiplier heatmaps:", ""]
+    lines += sweep_lines
+    lines += [
+        "",
+        "Curves (one line per layer, 95% intervals, chance and unsteered lines), steerability by layer, and",
+        "layer x multiplier heatmaps:",
+        "",
+    ]
     for behaviour in BEHAVIOURS:
-        lines.append(f"![{behaviour}]({behaviour}_sweep_curves.png) ![{behaviour}]({behaviour}_sweep_heatmap.png)")
+        lines.append(
+            f"![{behaviour}]({behaviour}_sweep_curves.png) ![{behaviour}]({behaviour}_steerability_curves.png) "
+            f"![{behaviour}]({behaviour}_sweep_heatmap.png)"
+        )
 
     vector = train_steering_vector(model, tokenizer, sentiment_pairs(tokenizer), layers=[6])
     generations = open_ended(model, tokenizer, sentiment_prompts(), vector, SENTIMENT_MULTIPLIERS, max_new_tokens=40)
     summary = summarize_generations(generations)
     write_table(summary, out / "sentiment_sweep")
     (out / "sentiment_samples.json").write_text(json.dumps([g.__dict__ for g in generations], indent=1))
-    plot_behaviour_vs_fluency(generations, out / "sentiment_tradeoff.png")
+    plot_behaviour_vs_fluency(
+        generations,
+        out / "sentiment_tradeoff.png",
+        "sentiment: mean vector (layer 6) on SmolLM2-135M-Instruct",
+        "mean VADER compound",
+    )
     base = next(s for s in summary if s["multiplier"] == 0.0)
     lines += [
         "",
@@ -92,12 +152,13 @@ def main() -> None:
         f"{len(sentiment_prompts())} held-out prompts, greedy, 40 new tokens; perplexity of each reply under the "
         "unsteered model (median); distinct-2 for repetition.",
         "",
-        "| multiplier | mean VADER compound | median perplexity | x unsteered | distinct-2 |",
+        "| multiplier | mean VADER compound [95% CI] | median perplexity | x unsteered | distinct-2 |",
         "| --- | --- | --- | --- | --- |",
     ]
     for s in summary:
         lines.append(
-            f"| {s['multiplier']:+g} | {s['judge']:+.3f} | {s['perplexity']:.2f} | "
+            f"| {s['multiplier']:+g} | {s['judge']:+.3f} [{s['judge_low']:+.3f}, {s['judge_high']:+.3f}] | "
+            f"{s['perplexity']:.2f} | "
             f"{s['perplexity'] / base['perplexity']:.2f} | {s['distinct2']:.2f} |"
         )
     lines += ["", _sentiment_verdict(summary, base["perplexity"]), "", "![trade-off](sentiment_tradeoff.png)", ""]

@@ -167,23 +167,13 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     interval = f"{100 * sweep.confidence:g}% bootstrap interval"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     if metric == "steerability":
-        first = [at[(layer, multipliers[0])] for layer in layers]
-        values = [r["steerability"] for r in first]
-        errors = [
-            [v - r["steerability_low"] for v, r in zip(values, first, strict=True)],
-            [r["steerability_high"] - v for v, r in zip(values, first, strict=True)],
-        ]
+        values, errors = _with_errors([at[(layer, multipliers[0])] for layer in layers], "steerability")
         ax.errorbar(layers, values, yerr=errors, marker="o", capsize=3, label=f"mean steerability ({interval})")
         ax.axhline(0.0, color="grey", linestyle="--", linewidth=1, label="no effect")
         ax.set_xlabel("Layer")
     else:
         for layer in layers:
-            cells = [at[(layer, m)] for m in multipliers]
-            values = [c["p_matching"] for c in cells]
-            errors = [
-                [v - c["p_matching_low"] for v, c in zip(values, cells, strict=True)],
-                [c["p_matching_high"] - v for v, c in zip(values, cells, strict=True)],
-            ]
+            values, errors = _with_errors([at[(layer, m)] for m in multipliers], "p_matching")
             ax.errorbar(multipliers, values, yerr=errors, marker="o", capsize=3, label=f"layer {layer}")
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
         ax.axhline(sweep.unsteered_mean, color="black", linestyle=":", linewidth=1.2, label="unsteered")
@@ -217,6 +207,12 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     fig.savefig(heatmap, dpi=120)
     plt.close(fig)
     return [curves, heatmap]
+
+
+def _with_errors(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
+    """Values and matplotlib's asymmetric ``yerr`` (distances down to ``key_low`` and up to ``key_high``)."""
+    values = [r[key] for r in rows]
+    return values, [[r[key] - r[f"{key}_low"] for r in rows], [r[f"{key}_high"] - r[key] for r in rows]]
 
 
 def summarize_generations(

@@ -49,6 +49,7 @@ def test_mean_vector_steers_log_probabilities_monotonically(smol) -> None:
     model, tokenizer = smol
     vector = train_steering_vector(model, tokenizer, sentiment_pairs(tokenizer), layers=[6], batch_size=16)
     assert vector.model_type == "llama" and vector.hidden_size == 576
+    assert vector.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub id, not the cache path
     margins = [margin(model, tokenizer, vector, m) for m in (-2.0, -1.0, 0.0, 1.0, 2.0)]
     assert all(a < b for a, b in zip(margins, margins[1:], strict=False)), margins
     assert margins[-1] - margins[0] > 4.0, margins  # a large move, not noise
