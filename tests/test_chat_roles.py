@@ -133,3 +133,33 @@ def test_role_positions_need_a_tokenizer_with_a_template(tokenizer, model) -> No
     markers = ChatMarkers.from_tokenizer(tokenizer)
     assert tokenizer.decode(list(markers.assistant_header)) == "<|im_start|>assistant\n"
     assert tokenizer.decode(list(markers.end_of_turn)) == "<|im_end|>"
+
+
+def test_compiled_role_steering_does_not_recompile_when_the_turns_move(tokenizer, model) -> None:
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    compiled = torch.compile(model, backend=counter)
+
+    def batch(users: list[str], replies: list[str]) -> dict:
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": u}, {"role": "assistant", "content": r}], tokenize=False
+            )
+            for u, r in zip(users, replies, strict=True)
+        ]
+        return dict(tokenizer(texts, return_tensors="pt", padding=True))
+
+    first = batch(["hello there friend", "good day"], ["yes", "no thanks at all"])
+    second = batch(["good day", "hello there friend"], ["no thanks at all", "yes"])  # same width, turns moved
+    assert first["input_ids"].shape == second["input_ids"].shape
+    assert not torch.equal(*(role_positions(tokenizer, b["input_ids"], "assistant") for b in (first, second)))
+    with (
+        torch.no_grad(),
+        model.steer(SteeringVector({1: torch.randn(32)}), 2.0, positions="assistant", tokenizer=tokenizer),
+    ):
+        for b in (first, second, first):
+            assert torch.equal(compiled(**b).logits, model(**b).logits)
+    assert counter.frame_count == 1 and not torch._dynamo.utils.counters["graph_break"]
