@@ -40,7 +40,10 @@ def _model(name: str | None):  # type: ignore[no-untyped-def]
 
     if name is None:
         return smollm2()
-    return SteerableModel.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:  # batches of prompts are padded
+        tokenizer.pad_token = tokenizer.eos_token
+    return SteerableModel.from_pretrained(name).eval(), tokenizer
 
 
 def _layers(text: str | None) -> list[int] | None:

@@ -28,6 +28,7 @@ CONVERSATIONS = [
 def tokenizer():
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_path())
     tok.padding_side = "left"
+    tok.pad_token = tok.pad_token or tok.eos_token  # transformers 4 reads none from the GGUF
     return tok
 
 
