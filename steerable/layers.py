@@ -41,6 +41,18 @@ class Slot:
     active: bool = False
 
 
+@dataclass(eq=False)
+class Probe:
+    """A condition decided at this module's output (conditional steering): its buffers hold the
+    direction and the threshold; ``rule`` carries the comparator and the score kind."""
+
+    index: int  # the condition's index in the step context's gates
+    names: dict[str, str]
+    rule: Any
+    signature: tuple[Any, ...]
+    active: bool = False
+
+
 class SteerableLayer(nn.Module):
     """Mixin placed before the original class in the MRO; ``forward`` post-processes its output."""
 
@@ -49,6 +61,7 @@ class SteerableLayer(nn.Module):
     _steerable_slots: list[Slot]
     _steerable_ops: tuple[Slot, ...]
     _steerable_taps: tuple[Tap, ...]
+    _steerable_probes: tuple[Probe, ...]
     _steerable_sites_need_step: bool  # a sub-module of this decoder layer selects tokens or records
     _steerable_fallback: Callable[[Tensor], StepContext]
 
@@ -65,13 +78,20 @@ class SteerableLayer(nn.Module):
                 CURRENT_STEP.reset(token)
         else:
             output = self._steerable_inner(self, *args, **kwargs)
-        if not self._steerable_ops and not self._steerable_taps:
+        if not self._steerable_ops and not self._steerable_taps and not self._steerable_probes:
             return output
         return self._steerable_output(output, step)
 
     def _steerable_output(self, output: Any, step: StepContext | None) -> Any:
-        """Steer the layer's output, then show it to the taps."""
+        """Decide the conditions read here (on the unsteered output), steer the output, then show it
+        to the taps."""
         hidden = output[0] if isinstance(output, tuple) else output
+        if self._steerable_probes:
+            step = step or CURRENT_STEP.get() or self._steerable_fallback(hidden)
+            for probe in self._steerable_probes:
+                direction, threshold = (self._buffers.get(probe.names[k]) for k in ("direction", "threshold"))
+                if probe.active and direction is not None and threshold is not None:
+                    step.decide(probe.index, hidden, direction, threshold, probe.rule)
         for slot in self._steerable_ops:
             if not slot.active:  # removed by another thread while this forward runs
                 continue
@@ -148,14 +168,30 @@ class SteerableLayer(nn.Module):
         for name in slot.names.values():
             self._buffers.pop(name, None)
 
+    def add_probe(self, probe: Probe, tensors: dict[str, Tensor]) -> None:
+        for field, tensor in tensors.items():
+            self.register_buffer(probe.names[field], tensor, persistent=False)
+        probe.active = True
+        self._steerable_probes = (*self._steerable_probes, probe)
+
+    def remove_probe(self, probe: Probe) -> None:
+        self._steerable_probes = tuple(p for p in self._steerable_probes if p is not probe)
+        probe.active = False
+        for name in probe.names.values():
+            self._buffers.pop(name, None)
+
     @property
     def is_idle(self) -> bool:
-        return not self._steerable_ops and not self._steerable_taps
+        return not self._steerable_ops and not self._steerable_taps and not self._steerable_probes
 
     @property
     def needs_step(self) -> bool:
-        """Whether this module reads the step context (token selections or recordings)."""
-        return bool(self._steerable_taps) or any(s.selection is not None for s in self._steerable_ops)
+        """Whether this module reads the step context (token selections, recordings, conditions)."""
+        return (
+            bool(self._steerable_taps)
+            or bool(self._steerable_probes)
+            or any(s.selection is not None for s in self._steerable_ops)
+        )
 
 
 class InjectingLayer(nn.Module):
@@ -204,6 +240,7 @@ def make_steerable(
     module._steerable_slots = slots
     module._steerable_ops = ()
     module._steerable_taps = ()
+    module._steerable_probes = ()
     module._steerable_sites_need_step = False
     return module
 
@@ -217,6 +254,11 @@ def restore(module: nn.Module) -> None:
         return
     module._steerable_ops = ()
     module._steerable_taps = ()
+    for probe in module._steerable_probes:
+        probe.active = False
+        for name in probe.names.values():
+            module._buffers.pop(name, None)
+    module._steerable_probes = ()
     module._steerable_sites_need_step = False
     for slot in module._steerable_slots:
         slot.active, slot.live = False, None
@@ -234,6 +276,7 @@ def forget(module: nn.Module) -> None:
         "_steerable_slots",
         "_steerable_ops",
         "_steerable_taps",
+        "_steerable_probes",
         "_steerable_sites_need_step",
     ):
         module.__dict__.pop(attribute, None)

@@ -9,6 +9,7 @@ decoder stack (the module that runs the layers) for one that computes each forwa
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from steerable.architectures import ArchitectureSpec, get_submodule, resolve_architecture
 from steerable.class_swap import original_class, plain_reduction, posing_subclass, set_class
 from steerable.layers import forget
+from steerable.per_request import RowsHandle, steer_rows
 from steerable.positions import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.recording import Recording, record
 from steerable.stack import SteerableStack, stack_of
@@ -222,6 +224,8 @@ class SteerableModel:
         norm_preserving: bool = False,
         token_indices: Any = None,
         tokenizer: Any = None,
+        condition: Any = None,
+        rows: Any = None,
     ) -> SteeringHandle:
         """Apply ``vector`` now; returns a handle (also a context manager) that removes it.
 
@@ -236,6 +240,9 @@ class SteerableModel:
         non-padding token) or later. ``multiplier`` may also be a list or NumPy array (one per row).
         ``token_indices``: the steering-vectors library's spelling of a selection: a list of positions,
         a slice, or a 0/1 or boolean tensor.
+        ``condition``: a ``steerable.conditions.Condition`` (or several joined with ``&`` / ``|``): only
+        rows whose prompt meets it are steered (conditional steering, CAST). ``rows``: a boolean mask
+        over the batch rows: only those are steered (see also ``steer_rows``).
         """
         return steer(
             self._steerable,
@@ -248,4 +255,11 @@ class SteerableModel:
             norm_preserving=norm_preserving,
             token_indices=token_indices,
             tokenizer=tokenizer,
+            condition=condition,
+            rows=rows,
         )
+
+    def steer_rows(self, requests: Sequence[Any]) -> RowsHandle:
+        """One steering per batch row (per-request serving): ``requests[i]`` is a ``RowSteering``, a
+        ``SteeringVector`` or None for row ``i``; see ``steerable.per_request``."""
+        return steer_rows(self, requests)

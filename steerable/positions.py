@@ -14,6 +14,7 @@ one forward is stored on the model, so forwards in different threads cannot see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,19 +44,54 @@ class StepContext:
     masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
     # inside generate: rows may be repeated (num_return_sequences, beams), each prompt's copies together
     generating: bool = False
+    # conditional steering: each condition's decision per row (set at its layer), the decisions kept
+    # with the sequence's KV cache, the prompt tokens decisions are made on, and for each conditional
+    # selection how its row gate follows from the decisions (applied when the selection is first used)
+    gates: dict[int, Bool[Tensor, " batch"]] = field(default_factory=dict)
+    memory: dict[int, Tensor] | None = None
+    prompt: Bool[Tensor, "batch seq"] | None = None
+    conditional: dict[int, Callable[[dict[int, Tensor]], Tensor]] = field(default_factory=dict)
     _weights: dict[int, Tensor] = field(default_factory=dict)
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
+        if index in self.conditional:
+            self._gate(index)
         mask = self.masks[index]
         return mask if mask.device == device else mask.to(device)  # layers split over devices
 
     def weight(self, index: int, like: Tensor) -> Float[Tensor, "batch seq 1"]:
         """The mask as 1.0/0.0 in ``like``'s dtype and device, made once per forward (again only where
         a layer's dtype or device differs from the last one's): a masked add is one ``addcmul``."""
+        if index in self.conditional:
+            self._gate(index)
         weight = self._weights.get(index)
         if weight is None or weight.dtype != like.dtype or weight.device != like.device:
             weight = self._weights[index] = self.masks[index].to(like.device, like.dtype)
         return weight
+
+    def _gate(self, index: int) -> None:
+        """Restrict a conditional selection to the rows that meet its condition (decided by now: the
+        behaviour's layers come after the condition's)."""
+        rows = self.conditional.pop(index)(self.gates)
+        self.masks[index] = self.masks[index] & rearrange(rows.to(self.masks[index].device), "b -> b 1 1")
+
+    def decide(
+        self, index: int, hidden: Float[Tensor, "batch seq d_model"], direction: Tensor, threshold: Tensor, rule: Any
+    ) -> None:
+        """Condition ``index``'s decision for each row: held from this sequence's first forward if the
+        KV cache keeps one, else made now on the prompt tokens of this forward (and kept)."""
+        from steerable.conditions import condition_scores, met
+
+        held = self.memory.get(index) if self.memory is not None else None
+        if held is not None and held.shape[0] == hidden.shape[0]:
+            self.gates[index] = held
+            return
+        prompt = self.prompt if self.prompt is not None else self.positions >= 0
+        scores = condition_scores(hidden, prompt.to(hidden.device), direction, rule.score)
+        decision = met(scores, threshold.to(scores), rule.comparator)
+        self.gates[index] = decision
+        if self.memory is not None:
+            self.memory[index] = decision
 
 
 @dataclass(eq=False)
@@ -74,10 +110,18 @@ class Selection:
     min_token_index: int | None = None
     mask: Bool[Tensor, "*rows positions"] | None = None
     markers: dict[str, Tensor] | None = None  # a role's turn header and end-of-turn token ids
+    rows: Bool[Tensor, " rows"] | None = None  # only these batch rows (per-request steering)
+    condition: Any = None  # a steerable.conditions expression: only rows whose prompt meets it
 
     @property
     def everything(self) -> bool:
-        return self.mode == "all" and self.min_token_index is None and self.mask is None
+        return (
+            self.mode == "all"
+            and self.min_token_index is None
+            and self.mask is None
+            and self.rows is None
+            and self.condition is None
+        )
 
     def tensors(self) -> dict[str, Tensor]:
         """The selection's values as tensors (stored in stable buffers, so new values never recompile)."""
@@ -88,6 +132,8 @@ class Selection:
             tensors["mask"] = self.mask.detach().clone()
         if self.markers is not None:
             tensors |= self.markers
+        if self.rows is not None:
+            tensors["rows"] = self.rows.detach().clone()
         return tensors
 
 
@@ -135,9 +181,16 @@ def selection_mask(
     token_mask: Bool[Tensor, "*rows width"] | None,
     input_ids: Int[Tensor, "batch seq"] | None = None,
     markers: dict[str, Tensor] | None = None,
+    rows: Bool[Tensor, " rows"] | None = None,
 ) -> Bool[Tensor, "batch seq 1"]:
     """Which tokens a selection steers in this forward."""
     batch = positions.shape[0]
+    if rows is not None:  # per-request: only these rows (repeated with their prompt inside generate)
+        keep = rows_for_batch(
+            rows.to(positions.device), batch, "the rows of a per-request steering", prompt_lengths is not None
+        )
+        unrestricted = selection_mask(mode, positions, prompt_lengths, min_index, token_mask, input_ids, markers)
+        return unrestricted & rearrange(keep, "b -> b 1 1")
     if mode in ("assistant", "last_user_turn"):
         return _role_selection(mode, positions, prompt_lengths, min_index, token_mask, input_ids, markers)
     # min_index >= 0, so comparing with it also leaves out padding (position -1): one op, not two

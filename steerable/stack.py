@@ -35,12 +35,18 @@ class SteerableStack(nn.Module):
             return super().forward(*args, **kwargs)
         step = state.step(first.shape[0], first.shape[1], first.device, inputs, lengths)
         if state.kwargs_reach_layers:  # with the call: thread-safe, replayed by checkpointing, compiles
-            return super().forward(*args, **kwargs, **{STEP_KWARG: step})
-        token = CURRENT_STEP.set(step)
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            CURRENT_STEP.reset(token)
+            output = super().forward(*args, **kwargs, **{STEP_KWARG: step})
+        else:
+            token = CURRENT_STEP.set(step)
+            try:
+                output = super().forward(*args, **kwargs)
+            finally:
+                CURRENT_STEP.reset(token)
+        if step.memory is None and step.gates:  # a cache made inside this forward keeps the decisions too
+            cache = getattr(output, "past_key_values", None)
+            if cache is not None and not isinstance(cache, (tuple, list)):
+                cache.__dict__["_steerable_conditions"] = dict(step.gates)
+        return output
 
 
 def stack_of(model: nn.Module, layers: nn.ModuleList) -> nn.Module:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
-from steerable.layers import Slot, SteerableLayer, make_steerable, restore
+from steerable.layers import Probe, Slot, SteerableLayer, make_steerable, restore
 from steerable.positions import (
     PROMPT_LENGTHS,
     Selection,
     StepContext,
     absolute_positions,
+    past_length,
+    rows_for_batch,
     selection_mask,
 )
 
@@ -36,6 +39,7 @@ class SelectionSlot:
     names: dict[str, str]
     signature: tuple[Any, ...]
     active: bool = False
+    gate: Callable[[dict[int, Tensor]], Tensor] | None = None  # conditional: the rows that meet it
 
 
 @dataclass(eq=False)
@@ -58,11 +62,42 @@ class ModelState:
     forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
     lock: threading.RLock = field(default_factory=threading.RLock)
     unwrapped: bool = False
+    probes: list[Probe] = field(default_factory=list)  # condition probes, reused like slots
+    deciding: int = 0  # active probes: forwards then find each row's prompt tokens and the cache's memory
+
+    # -- conditions (conditional steering) ----------------------------------------------------
+    def occupy_probe(
+        self, layer_index: int, direction: Tensor, threshold: float, rule: Any
+    ) -> tuple[SteerableLayer, Probe]:
+        module = self.site_module(layer_index, "block")
+        reference = reference_tensor(module)
+        signature = (layer_index, rule.comparator, rule.score, tuple(direction.shape))
+        probe = next((p for p in self.probes if not p.active and p.signature == signature), None)
+        if probe is None:
+            number = len(self.probes)
+            names = {k: f"steering_condition_{number}_{k}" for k in ("direction", "threshold")}
+            probe = Probe(number, names, rule, signature)
+            self.probes.append(probe)
+        probe.rule = rule
+        device = reference.device if reference.numel() else torch.device("cpu")
+        tensors = {
+            "direction": direction.float().to(device),
+            "threshold": torch.tensor(float(threshold), device=device),
+        }
+        module.add_probe(probe, tensors)
+        self.deciding += 1
+        self.refresh(module)
+        return module, probe
+
+    def vacate_probe(self, module: SteerableLayer, probe: Probe) -> None:
+        module.remove_probe(probe)
+        self.deciding -= 1
+        self.refresh(module)
 
     # -- token selections ----------------------------------------------------------------------
-    def occupy_selection(self, selection: Selection) -> int:
+    def occupy_selection(self, selection: Selection, gate: Callable[[dict[int, Tensor]], Tensor] | None = None) -> int:
         tensors = selection.tensors()
-        signature = (selection.mode, tuple((k, tuple(t.shape)) for k, t in tensors.items()))
+        signature = (selection.mode, gate is not None, tuple((k, tuple(t.shape)) for k, t in tensors.items()))
         slot = next((s for s in self.selection_slots if not s.active and s.signature == signature), None)
         if slot is None:
             number = len(self.selection_slots)
@@ -73,6 +108,7 @@ class ModelState:
         device = _reference_device(self.stack)
         for key, tensor in tensors.items():
             self.stack.register_buffer(slot.names[key], tensor.to(device), persistent=False)
+        slot.gate = gate
         slot.active = True
         self.selections = (*self.selections, slot)
         return slot.index
@@ -80,6 +116,7 @@ class ModelState:
     def vacate_selection(self, index: int) -> None:
         slot = self.selection_slots[index]
         slot.active = False
+        slot.gate = None
         self.selections = tuple(s for s in self.selections if s is not slot)
         for name in slot.names.values():
             self.stack._buffers.pop(name, None)
@@ -103,6 +140,12 @@ class ModelState:
         if lengths is None and self.generating:
             lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
         context = StepContext(positions, generating=lengths is not None)
+        if self.deciding:  # conditions decide on each row's prompt; the KV cache keeps the decision
+            context.prompt = positions >= 0
+            if lengths is not None:
+                prompt_lengths = rows_for_batch(lengths.to(device), batch, "prompt lengths")
+                context.prompt = context.prompt & (positions < prompt_lengths[:, None])
+            context.memory = _memory(cache)
         if self.selections:
             buffers = self.stack._buffers
             for slot in self.selections:
@@ -116,7 +159,10 @@ class ModelState:
                     found.get("mask"),
                     inputs.get("input_ids"),
                     markers,
+                    found.get("rows"),
                 )
+                if slot.gate is not None:
+                    context.conditional[slot.index] = slot.gate
         return context
 
     def fallback_step(self, hidden: Tensor) -> StepContext:
@@ -131,7 +177,7 @@ class ModelState:
             make_steerable(layer, self.fallback_step, self.slots.setdefault((index, "block"), []), self.inject)
 
     def deactivate_if_idle(self) -> None:
-        if self.handles or self.taps:
+        if self.handles or self.taps or self.deciding:
             return
         for layer in self.layers:
             for module in layer.modules():
@@ -174,6 +220,17 @@ class ModelState:
                     isinstance(m, SteerableLayer) and m is not layer and m.needs_step for m in layer.modules()
                 )
                 return
+
+
+def _memory(cache: Any) -> dict[int, Tensor] | None:
+    """The condition decisions kept with a KV cache (a new sequence starts with none), or None for a
+    forward without a cache object (every forward then decides on its own prompt)."""
+    if cache is None or isinstance(cache, (tuple, list)):
+        return None
+    memory = cache.__dict__.setdefault("_steerable_conditions", {})
+    if past_length(cache) == 0:  # an empty (or reset static) cache: a new sequence
+        memory.clear()
+    return memory  # type: ignore[no-any-return]
 
 
 def resolve_layers(state: ModelState, layers: list[int]) -> list[tuple[int, int]]:

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from steerable import conditions
 from steerable.architectures import SITES
 from steerable.chat_roles import ROLES, ChatMarkers
-from steerable.layers import Slot, SteerableLayer
+from steerable.layers import Probe, Slot, SteerableLayer
 from steerable.operators import Operator, for_rows, resolve_operator
 from steerable.positions import PositionMode, Selection
 from steerable.state import ModelState, reference_tensor, resolve_layers
@@ -44,6 +45,7 @@ class SteeringHandle:
         self._state = state
         self._args = args
         self._applied: list[tuple[SteerableLayer, Slot]] = []
+        self._probes: list[tuple[SteerableLayer, Probe]] = []
         self._selection: int | None = None
         self._rowwise = False
         self.active = True
@@ -59,6 +61,8 @@ class SteeringHandle:
                 state.refresh(module)
             if self._selection is not None:
                 state.vacate_selection(self._selection)
+            for module, probe in reversed(self._probes):
+                state.vacate_probe(module, probe)
             if self._rowwise:
                 state.rowwise -= 1
             state.handles = [h for h in state.handles if h is not self]
@@ -125,8 +129,17 @@ def _steer(state: ModelState, model_type: str | None, args: dict[str, Any]) -> S
     with state.lock:
         state.handles.append(handle)
         try:
+            gate = None
+            if plan.selection.condition is not None:
+                ids = {}
+                for leaf in conditions.leaves(plan.selection.condition):
+                    index = resolve_layers(state, [leaf.layer])[0][1]
+                    module, probe = state.occupy_probe(index, leaf.direction(), leaf.threshold, leaf)
+                    handle._probes.append((module, probe))
+                    ids[id(leaf)] = probe.index
+                gate = _gate(plan.selection.condition, ids)
             if not plan.selection.everything:
-                handle._selection = state.occupy_selection(plan.selection)
+                handle._selection = state.occupy_selection(plan.selection, gate)
             if plan.rows is not None:
                 handle._rowwise = True
                 state.rowwise += 1
@@ -155,6 +168,8 @@ def make_plan(
     norm_preserving: bool,
     token_indices: Any = None,
     tokenizer: Any = None,
+    condition: Any = None,
+    rows: Any = None,
 ) -> Plan:
     """Validate everything and compute every tensor before the model is touched."""
     if not isinstance(vector, SteeringVector):
@@ -168,12 +183,24 @@ def make_plan(
             f"{state.hidden_size}: it was trained for a different model"
         )
     layer_indices = dict(resolve_layers(state, vector.layers))
-    m, rows = _multiplier(multiplier, vector.rows)
+    m, rows_of_vector = _multiplier(multiplier, vector.rows)
     if token_indices is not None:
         if isinstance(positions, Tensor) or positions != "all":
             raise ValueError("give token_indices or positions, not both")
         positions, min_token_index = _token_indices(token_indices, min_token_index)
-    selection = _selection(positions, min_token_index, rows, tokenizer)
+    selection = _selection(positions, min_token_index, rows_of_vector, tokenizer)
+    if condition is not None:
+        leaves = conditions.validate(condition, len(state.layers), state.hidden_size)
+        deepest = max(resolve_layers(state, [leaf.layer])[0][1] for leaf in leaves)
+        early = [layer for layer, index in layer_indices.items() if index < deepest]
+        if early:
+            raise ValueError(
+                f"the behaviour steers layers {early}, before the condition is decided at layer {deepest}: "
+                "a condition is decided on its layer's output, so steer layers at or after it"
+            )
+        selection.condition = condition
+    if rows is not None:
+        selection.rows = _row_mask(rows, rows_of_vector)
     trainable = m.requires_grad or any(vector[layer].requires_grad for layer in layer_indices)
 
     layers: dict[int, tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]] = {}
@@ -192,7 +219,7 @@ def make_plan(
                     f"layer {layer}: multiplier x vector overflows ({name} has inf or nan); use a smaller multiplier"
                 )
         layers[index] = (tensors, (v, m) if trainable else None)
-    return Plan(op, selection, rows, layers)
+    return Plan(op, selection, rows_of_vector, layers)
 
 
 def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int | None]:
@@ -291,6 +318,25 @@ def _selection(
             "or a boolean mask tensor"
         )
     return Selection(positions, min_token_index, None)
+
+
+def _gate(expression: Any, ids: dict[int, int]) -> Any:
+    """The rows a conditional steering applies to, from the step context's decisions."""
+
+    def gate(gates: dict[int, Tensor]) -> Tensor:
+        return conditions.evaluate(expression, gates, ids)
+
+    return gate
+
+
+def _row_mask(rows: Any, vector_rows: int | None) -> Tensor:
+    """Which batch rows a per-request steering applies to, as a boolean tensor."""
+    mask = torch.as_tensor(rows)
+    if mask.dtype != torch.bool or mask.ndim != 1 or mask.numel() == 0:
+        raise ValueError(f"rows must be a non-empty 1-D boolean mask over the batch, got {rows!r}")
+    if vector_rows is not None and mask.shape[0] != vector_rows:
+        raise ValueError(f"rows has {mask.shape[0]} entries but the steering has {vector_rows} rows")
+    return mask
 
 
 def _cast(tensor: Tensor, dtype: torch.dtype, device: torch.device, layer: int) -> Tensor:

@@ -1,0 +1,266 @@
+"""Conditional steering (CAST, "Programming Refusal with Conditional Activation Steering", arXiv
+2409.05504): steer only the rows whose prompt meets a condition.
+
+A :class:`Condition` is a direction at one decoder layer, a threshold and a comparison. Its score for a
+row is taken on the output of that layer, over the row's prompt tokens:
+
+- ``score="projection"`` (CAST's, the default): the cosine between the row's mean hidden state ``h``
+  and ``tanh(proj(h))``, its projection onto the direction squashed by ``tanh`` (as the reference
+  implementation computes it);
+- ``score="cosine"``: the cosine between ``h`` and the direction itself (signed).
+
+The row meets the condition when ``score > threshold`` (``comparator=">"``) or ``score < threshold``
+(``"<"``). Conditions compose with ``&`` and ``|``.
+
+When it is decided: once per sequence, on the prompt, in the first forward of the sequence; with a KV
+cache the decision is kept with the cache and held for the whole generation, so cached generation
+equals uncached. The behaviour is applied at its layers, which must not come before the condition's
+layers (the decision is made there). Everything is masks: no Python branching on data in the forward.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from einops import rearrange
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from steerable.vectors import SteeringVector
+
+Comparator = Literal[">", "<"]
+Score = Literal["projection", "cosine"]
+COMPARATORS: tuple[Comparator, ...] = (">", "<")
+SCORES: tuple[Score, ...] = ("projection", "cosine")
+
+
+class _Composable:
+    def __and__(self, other: Any) -> AllOf:
+        return AllOf((self, _expression(other)))  # type: ignore[arg-type]
+
+    def __or__(self, other: Any) -> AnyOf:
+        return AnyOf((self, _expression(other)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False)
+class Condition(_Composable):
+    """Rows whose prompt scores ``comparator threshold`` on ``vector`` at ``layer`` (see the module)."""
+
+    vector: SteeringVector | Tensor
+    layer: int
+    threshold: float
+    comparator: Comparator = ">"
+    score: Score = "projection"
+
+    def direction(self) -> Float[Tensor, " d_model"]:
+        if isinstance(self.vector, SteeringVector):
+            if self.layer not in self.vector:
+                raise ValueError(f"the condition vector has no layer {self.layer} (it has {self.vector.layers})")
+            tensor = self.vector[self.layer]
+        else:
+            tensor = self.vector
+        if not isinstance(tensor, Tensor) or tensor.ndim != 1 or not tensor.is_floating_point():
+            raise ValueError("a condition's vector must be one floating-point direction [d_model] at its layer")
+        return tensor.detach().float()
+
+
+@dataclass(frozen=True, eq=False)
+class AllOf(_Composable):
+    parts: tuple[Condition | AllOf | AnyOf, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AnyOf(_Composable):
+    parts: tuple[Condition | AllOf | AnyOf, ...]
+
+
+Expression = Condition | AllOf | AnyOf
+
+
+def _expression(value: Any) -> Expression:
+    if not isinstance(value, (Condition, AllOf, AnyOf)):
+        raise TypeError(f"conditions combine with conditions (& and |), got {type(value).__name__}")
+    return value
+
+
+def leaves(expression: Expression) -> list[Condition]:
+    """The conditions of an expression, in order."""
+    if isinstance(expression, Condition):
+        return [expression]
+    return [leaf for part in expression.parts for leaf in leaves(part)]
+
+
+def validate(expression: Any, num_layers: int, hidden_size: int | None) -> list[Condition]:
+    """Every condition checked; a ValueError says which part is wrong and how to fix it."""
+    conditions = leaves(_expression(expression))
+    for condition in conditions:
+        layer = condition.layer
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not -num_layers <= layer < num_layers:
+            raise IndexError(
+                f"condition layer {layer} is out of range: the model has {num_layers} decoder layers "
+                f"(use 0..{num_layers - 1})"
+            )
+        direction = condition.direction()
+        if hidden_size is not None and direction.shape[0] != hidden_size:
+            raise ValueError(
+                f"the condition vector has hidden size {direction.shape[0]} but the model's is {hidden_size}"
+            )
+        if not bool(torch.isfinite(direction).all()) or float(direction.norm()) == 0.0:
+            raise ValueError("the condition vector must be finite and non-zero")
+        if isinstance(condition.threshold, bool) or not isinstance(condition.threshold, numbers.Real):
+            raise TypeError(f"a condition threshold must be a number, got {condition.threshold!r}")
+        if not math.isfinite(float(condition.threshold)):
+            raise ValueError(f"a condition threshold must be finite, got {condition.threshold}")
+        if condition.comparator not in COMPARATORS:
+            raise ValueError(f"unknown comparator {condition.comparator!r}: use '>' or '<'")
+        if condition.score not in SCORES:
+            raise ValueError(f"unknown score {condition.score!r}: use one of {', '.join(SCORES)}")
+    return conditions
+
+
+def condition_scores(
+    hidden: Float[Tensor, "batch seq d_model"],
+    prompt: Bool[Tensor, "batch seq"],
+    direction: Float[Tensor, " d_model"],
+    score: Score = "projection",
+) -> Float[Tensor, " batch"]:
+    """Each row's score: its mean hidden state over its ``prompt`` tokens against ``direction``."""
+    weight = rearrange(prompt.to(hidden.dtype), "b s -> b s 1")
+    mean = (hidden * weight).sum(1).float() / weight.sum(1).float().clamp_min(1.0)
+    unit = direction.to(mean.device, mean.dtype)
+    unit = unit / unit.norm()
+    if score == "projection":
+        target = torch.tanh(rearrange(mean @ unit, "b -> b 1") * unit)
+    else:
+        target = rearrange(unit, "d -> 1 d").expand_as(mean)
+    return torch.nn.functional.cosine_similarity(mean, target, dim=-1, eps=1e-12)
+
+
+def met(scores: Float[Tensor, " batch"], threshold: Tensor | float, comparator: str) -> Bool[Tensor, " batch"]:
+    return scores > threshold if comparator == ">" else scores < threshold
+
+
+def evaluate(expression: Expression, gates: dict[int, Tensor], ids: dict[int, int]) -> Bool[Tensor, " batch"]:
+    """The expression's value per row, from each leaf's gate (``ids``: id(leaf) -> gate index)."""
+    if isinstance(expression, Condition):
+        return gates[ids[id(expression)]]
+    values = [evaluate(part, gates, ids) for part in expression.parts]
+    out = values[0]
+    for value in values[1:]:
+        out = out & value if isinstance(expression, AllOf) else out | value
+    return out
+
+
+# -- picking a condition ----------------------------------------------------------------------
+@dataclass
+class ConditionSearch:
+    """What ``find_best_condition_point`` found: the condition, and its quality on the training and
+    held-out prompts (precision, recall, F1 of "the condition fires" against "the prompt is positive")."""
+
+    condition: Condition
+    train: dict[str, float]
+    held_out: dict[str, float]
+    table: list[dict[str, Any]] = field(default_factory=list)  # the best threshold per (layer, comparator)
+
+
+def classification(predicted: Tensor, actual: Tensor) -> dict[str, float]:
+    tp = float((predicted & actual).sum())
+    fp = float((predicted & ~actual).sum())
+    fn = float((~predicted & actual).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def best_threshold(
+    scores: Float[Tensor, " n"], labels: Bool[Tensor, " n"], comparators: Sequence[Comparator] = COMPARATORS
+) -> tuple[float, Comparator, float]:
+    """(threshold, comparator, F1): the split of ``scores`` that best recovers ``labels``; thresholds
+    are midpoints between neighbouring scores."""
+    values = torch.unique(scores.float())
+    candidates = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
+    best: tuple[float, Comparator, float] = (float(candidates[0]), comparators[0], -1.0)
+    for comparator in comparators:
+        for threshold in candidates.tolist():
+            f1 = classification(met(scores, threshold, comparator), labels)["f1"]
+            if f1 > best[2]:
+                best = (float(threshold), comparator, f1)
+    return best
+
+
+def prompt_scores(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    vector: SteeringVector,
+    layers: Sequence[int],
+    score: Score = "projection",
+    batch_size: int = 16,
+) -> dict[int, Float[Tensor, " prompts"]]:
+    """Each prompt's condition score at each of ``layers`` (the model as it is, unsteered if idle)."""
+    out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+            device = next(model.parameters()).device
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+            with torch.inference_mode(), model.record(layers=list(layers)) as recording:
+                model(**inputs)
+            for layer in layers:
+                out[layer].append(
+                    condition_scores(recording[layer], inputs["attention_mask"].bool(), vector[layer], score).cpu()
+                )
+    finally:
+        tokenizer.padding_side = padding_side
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
+
+
+def find_best_condition_point(
+    model: Any,
+    tokenizer: Any,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    vector: SteeringVector,
+    layers: Sequence[int] | None = None,
+    score: Score = "projection",
+    comparators: Sequence[Comparator] = COMPARATORS,
+    held_out: float = 0.25,
+    seed: int = 0,
+) -> ConditionSearch:
+    """Grid search over ``layers`` (default: the vector's), comparators and thresholds for the condition
+    that best tells ``positive`` prompts (the condition should fire) from ``negative`` ones, by F1 on a
+    seeded training split; reports precision, recall and F1 on the held-out rest. Prompts are used as
+    given (format them with the chat template first if the model will see them so)."""
+    if not positive or not negative:
+        raise ValueError("give at least one positive and one negative prompt")
+    layer_list = list(layers) if layers is not None else vector.layers
+    prompts = list(positive) + list(negative)
+    labels = torch.tensor([True] * len(positive) + [False] * len(negative))
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_test = round(held_out * len(prompts))
+    test, train = torch.tensor(sorted(order[:n_test]), dtype=torch.long), torch.tensor(sorted(order[n_test:]))
+    scores = prompt_scores(model, tokenizer, prompts, vector, layer_list, score)
+    table: list[dict[str, Any]] = []
+    for layer in layer_list:
+        for comparator in comparators:
+            threshold, _, f1 = best_threshold(scores[layer][train], labels[train], [comparator])
+            table.append({"layer": layer, "comparator": comparator, "threshold": threshold, "train_f1": f1})
+    best = max(table, key=lambda row: row["train_f1"])
+    condition = Condition(vector, int(best["layer"]), float(best["threshold"]), best["comparator"], score)
+    fired = met(scores[condition.layer], condition.threshold, condition.comparator)
+    return ConditionSearch(
+        condition,
+        classification(fired[train], labels[train]),
+        classification(fired[test], labels[test]) if n_test else {},
+        table,
+    )

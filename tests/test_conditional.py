@@ -1,0 +1,255 @@
+"""Conditional steering (CAST) and per-request steering: a mixed batch equals each row run alone, the
+decision is made on the prompt and held while decoding, compiled models do not recompile per outcome,
+and bad conditions are refused before the model is touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo.testing
+from helpers import left_pad
+from tiny_models import tiny_model
+
+from steerable import Condition, RowSteering, SteerableModel, SteeringVector
+from steerable.conditions import best_threshold, classification, condition_scores, find_best_condition_point
+
+ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22], [23, 24]]
+GENERATE = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SteerableModel.wrap(tiny_model("llama"))
+
+
+def direction(seed: int, d: int = 32) -> torch.Tensor:
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed))
+
+
+def behaviour() -> SteeringVector:
+    return SteeringVector({1: direction(1) * 3, 2: direction(2) * 3})
+
+
+def prompt_scores(model, condition_direction: torch.Tensor, layer: int, score: str = "projection") -> torch.Tensor:
+    """Each row's score, each row run alone: the oracle for which rows meet a condition."""
+    out = []
+    for row in ROWS:
+        with torch.no_grad(), model.record(layers=[layer]) as recording:
+            model(input_ids=torch.tensor([row]))
+        out.append(
+            condition_scores(recording[layer], torch.ones(1, len(row), dtype=torch.bool), condition_direction, score)
+        )
+    return torch.cat(out)
+
+
+def median_condition(
+    model, layer: int = 0, comparator: str = ">", seed: int = 3, score: str = "projection"
+) -> tuple[Condition, torch.Tensor]:
+    """A condition some rows meet and some do not, and the oracle's rows."""
+    c = direction(seed)
+    scores = prompt_scores(model, c, layer, score)
+    ordered = scores.sort().values
+    threshold = float(ordered[1] + ordered[2]) / 2  # well between two rows: padding cannot tip a row over
+    chosen = scores > threshold if comparator == ">" else scores < threshold
+    assert 0 < int(chosen.sum()) < len(ROWS)
+    return Condition(c, layer, threshold, comparator, score), chosen
+
+
+def alone(model, row: list[int], steer: dict | None, **generate) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``row`` run by itself: its logits and its greedy continuation, steered as ``steer`` says."""
+    ids = torch.tensor([row])
+    with torch.no_grad():
+        if steer is None:
+            return model(input_ids=ids).logits[0], model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **generate
+            )[0, len(row) :]
+        with model.steer(**steer):
+            return model(input_ids=ids).logits[0], model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **generate
+            )[0, len(row) :]
+
+
+def batched(model, **generate) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, mask = left_pad(ROWS)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        out = model.generate(input_ids=ids, attention_mask=mask, **generate)
+    return logits, out[:, ids.shape[1] :], mask
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("comparator", [">", "<"])
+def test_a_conditional_batch_equals_each_row_alone(model, use_cache, comparator) -> None:
+    condition, chosen = median_condition(model, comparator=comparator)
+    with model.steer(behaviour(), 1.0, condition=condition):
+        logits, tokens, mask = batched(model, use_cache=use_cache, **GENERATE)
+    for k, row in enumerate(ROWS):
+        steer = dict(vector=behaviour(), multiplier=1.0) if chosen[k] else None
+        want_logits, want_tokens = alone(model, row, steer, use_cache=use_cache, **GENERATE)
+        torch.testing.assert_close(logits[k][mask[k].bool()], want_logits, rtol=0, atol=1e-5)
+        assert torch.equal(tokens[k], want_tokens), k
+    _, unsteered, _ = batched(model, **GENERATE)
+    assert any(not torch.equal(tokens[k], unsteered[k]) for k in range(len(ROWS)) if chosen[k])
+
+
+def test_conditions_compose_and_any_operator_and_positions_follow(model) -> None:
+    first, rows_first = median_condition(model, layer=0, seed=3)
+    second, rows_second = median_condition(model, layer=1, seed=4, score="cosine")
+    for combined, rows in ((first & second, rows_first & rows_second), (first | second, rows_first | rows_second)):
+        steering = dict(vector=behaviour(), multiplier=0.5, operator="clamp", positions="generated")
+        with model.steer(**steering, condition=combined):
+            _, tokens, _ = batched(model, **GENERATE)
+        for k, row in enumerate(ROWS):
+            _, want = alone(model, row, steering if rows[k] else None, **GENERATE)
+            assert torch.equal(tokens[k], want), (combined, k)
+
+
+def test_the_decision_is_made_on_the_prompt_and_held_while_decoding(model) -> None:
+    """A decode token that alone would flip the condition does not: the cache holds the decision."""
+    prompt, nxt = [5, 6, 7, 8, 9, 10], 60
+    c = direction(9)
+    with torch.no_grad(), model.record(layers=[0]) as recording:
+        model(input_ids=torch.tensor([prompt + [nxt]]))
+    acts = recording[0]
+    prompt_score = condition_scores(acts[:, :-1], torch.ones(1, len(prompt), dtype=torch.bool), c)
+    last_score = condition_scores(acts[:, -1:], torch.ones(1, 1, dtype=torch.bool), c)
+    assert float(prompt_score) != float(last_score)
+    threshold = (float(prompt_score) + float(last_score)) / 2
+    comparator = ">" if float(prompt_score) > threshold else "<"  # the prompt meets it, the new token would not
+    condition = Condition(c, 0, threshold, comparator)
+    with torch.no_grad():
+        with model.steer(behaviour(), 1.0):
+            always = model(input_ids=torch.tensor([prompt + [nxt]])).logits[0, -1]
+        never = model(input_ids=torch.tensor([prompt + [nxt]])).logits[0, -1]
+        with model.steer(behaviour(), 1.0, condition=condition):
+            first = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            step = model(input_ids=torch.tensor([[nxt]]), past_key_values=first.past_key_values, use_cache=True)
+    torch.testing.assert_close(step.logits[0, -1], always, rtol=0, atol=1e-5)
+    assert not torch.allclose(step.logits[0, -1], never, atol=1e-3)
+
+
+def test_a_compiled_model_does_not_recompile_when_outcomes_change(model) -> None:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    compiled = torch.compile(model, backend=counter)
+    condition, chosen = median_condition(model)
+    ids, mask = left_pad(ROWS)
+    flipped = ids.flip(0), mask.flip(0)  # same shapes, the rows' outcomes in another order
+    with torch.no_grad(), model.steer(behaviour(), 1.0, condition=condition):
+        for batch in ((ids, mask), flipped, (ids, mask)):
+            got = compiled(input_ids=batch[0], attention_mask=batch[1]).logits
+            assert torch.equal(got, model(input_ids=batch[0], attention_mask=batch[1]).logits)
+    assert counter.frame_count == 1 and not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (dict(vector=torch.randn(16)), ValueError, "the condition vector has hidden size 16 but the model's is 32"),
+        (dict(layer=7), IndexError, "condition layer 7 is out of range: the model has 3 decoder layers"),
+        (dict(threshold=float("nan")), ValueError, "a condition threshold must be finite, got nan"),
+        (dict(comparator=">="), ValueError, "unknown comparator '>=': use '>' or '<'"),
+        (dict(score="dot"), ValueError, "unknown score 'dot'"),
+        (dict(layer=2), ValueError, r"the behaviour steers layers \[1\], before the condition is decided at layer 2"),
+    ],
+)
+def test_bad_conditions_are_refused_and_leave_the_model_untouched(model, change, error, message) -> None:
+    base = dict(vector=direction(3), layer=0, threshold=0.1, comparator=">", score="projection")
+    with pytest.raises(error, match=message):
+        model.steer(behaviour(), 1.0, condition=Condition(**(base | change)))
+    assert not model.is_steering and model._steerable.deciding == 0 and not model._steerable.selections
+    with pytest.raises(TypeError, match="conditions combine with conditions"):
+        Condition(**base) & "rows"
+
+
+def test_the_threshold_helper_recovers_a_planted_threshold() -> None:
+    generator = torch.Generator().manual_seed(0)
+    positive = 0.3 + 0.5 * torch.rand(40, generator=generator)
+    negative = 0.3 - 0.5 * torch.rand(40, generator=generator)
+    scores, labels = torch.cat([positive, negative]), torch.tensor([True] * 40 + [False] * 40)
+    threshold, comparator, f1 = best_threshold(scores, labels)
+    assert comparator == ">" and f1 == 1.0 and float(negative.max()) < threshold < float(positive.min())
+    threshold, comparator, f1 = best_threshold(scores, ~labels)
+    assert comparator == "<" and f1 == 1.0
+    assert classification(torch.tensor([True, True, False]), torch.tensor([True, False, True])) == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    )
+
+
+def test_find_best_condition_point_on_a_separable_topic(model) -> None:
+    from tiny_models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    positive = [f"w80 w80 w80 w{20 + k}" for k in range(12)]  # the "topic" is w80
+    negative = [f"w81 w81 w81 w{20 + k}" for k in range(12)]
+    from steerable import train_steering_vector
+
+    topic = train_steering_vector(
+        model, tok, list(zip(positive, negative, strict=True)), layers=[0, 1], read_token_index=slice(0, None)
+    )
+    search = find_best_condition_point(model, tok, positive, negative, topic, held_out=0.25, seed=0)
+    assert search.condition.layer in (0, 1) and search.train["f1"] == 1.0
+    assert set(search.held_out) == {"precision", "recall", "f1"} and search.held_out["f1"] > 0.8
+    assert [(r["layer"], r["comparator"]) for r in search.table] == [(0, ">"), (0, "<"), (1, ">"), (1, "<")]
+
+
+# -- per-request steering ---------------------------------------------------------------------
+def requests(model) -> tuple[list, list]:
+    """Five rows: two plain adds (fused), an ablation at another layer, nothing, a conditional clamp on
+    generated tokens; and each row's own steering for the oracle."""
+    condition, _ = median_condition(model)
+    own = [
+        dict(vector=SteeringVector({1: direction(11)}), multiplier=2.0),
+        dict(vector=SteeringVector({0: direction(12), -1: direction(13)}), multiplier=-1.5),
+        dict(vector=SteeringVector({2: direction(14)}), multiplier=1.0, operator="ablate"),
+        None,
+        dict(vector=behaviour(), multiplier=0.5, operator="clamp", positions="generated", condition=condition),
+    ]
+    rows = [RowSteering(**s) if s is not None else None for s in own]
+    rows[0] = own[0]["vector"] * 2.0  # a bare vector is a request too
+    return rows, own
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_per_request_rows_equal_each_row_alone(model, use_cache) -> None:
+    rows, own = requests(model)
+    with model.steer_rows(rows) as handle:
+        logits, tokens, mask = batched(model, use_cache=use_cache, **GENERATE)
+        assert len(handle.handles) == 3  # the two adds share one fused steering
+    assert not model.is_steering
+    for k, row in enumerate(ROWS):
+        want_logits, want_tokens = alone(model, row, own[k], use_cache=use_cache, **GENERATE)
+        torch.testing.assert_close(logits[k][mask[k].bool()], want_logits, rtol=0, atol=1e-5)
+        assert torch.equal(tokens[k], want_tokens), k
+
+
+def test_per_request_rows_repeat_with_their_prompt_in_generate(model) -> None:
+    rows, own = requests(model)
+    ids, mask = left_pad(ROWS)
+    beams = dict(GENERATE, num_beams=2, num_return_sequences=2)
+    with torch.no_grad(), model.steer_rows(rows):
+        out = model.generate(input_ids=ids, attention_mask=mask, **beams)
+    for k, row in enumerate(ROWS):
+        with torch.no_grad():
+            ids_alone = torch.tensor([row])
+            run = dict(input_ids=ids_alone, attention_mask=torch.ones_like(ids_alone), **beams)
+            if own[k] is None:
+                want = model.generate(**run)[:, len(row) :]
+            else:
+                with model.steer(**own[k]):
+                    want = model.generate(**run)[:, len(row) :]
+        got = out[2 * k : 2 * k + 2, ids.shape[1] :]
+        assert torch.equal(got[:, : want.shape[1]], want), k
+
+
+def test_bad_requests_name_the_problem(model) -> None:
+    with pytest.raises(ValueError, match="requests is empty"):
+        model.steer_rows([])
+    with pytest.raises(TypeError, match="request 1 must be a RowSteering, a SteeringVector or None"):
+        model.steer_rows([None, "vector"])
+    with pytest.raises(ValueError, match="hidden size 16 but the model's is 32"):
+        model.steer_rows(
+            [SteeringVector({0: torch.randn(32)}), RowSteering(SteeringVector({0: torch.randn(16)}), operator="ablate")]
+        )
+    assert not model.is_steering
