@@ -235,32 +235,45 @@ def find_best_condition_point(
     comparators: Sequence[Comparator] = COMPARATORS,
     held_out: float = 0.25,
     seed: int = 0,
+    test_positive: Sequence[str] | None = None,
+    test_negative: Sequence[str] | None = None,
 ) -> ConditionSearch:
     """Grid search over ``layers`` (default: the vector's), comparators and thresholds for the condition
     that best tells ``positive`` prompts (the condition should fire) from ``negative`` ones, by F1 on a
-    seeded training split; reports precision, recall and F1 on the held-out rest. Prompts are used as
+    seeded training split; reports precision, recall and F1 on the held-out rest. Give
+    ``test_positive``/``test_negative`` to search on all of ``positive``/``negative`` and report on those
+    instead (e.g. when the condition vector was trained on a split of your own). Prompts are used as
     given (format them with the chat template first if the model will see them so)."""
     if not positive or not negative:
         raise ValueError("give at least one positive and one negative prompt")
     layer_list = list(layers) if layers is not None else vector.layers
     prompts = list(positive) + list(negative)
-    labels = torch.tensor([True] * len(positive) + [False] * len(negative))
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_test = round(held_out * len(prompts))
-    test, train = torch.tensor(sorted(order[:n_test]), dtype=torch.long), torch.tensor(sorted(order[n_test:]))
+    labels = [True] * len(positive) + [False] * len(negative)
+    if test_positive is not None or test_negative is not None:
+        given = list(test_positive or []) + list(test_negative or [])
+        train = torch.arange(len(prompts))
+        test = torch.arange(len(prompts), len(prompts) + len(given))
+        prompts += given
+        labels += [True] * len(test_positive or []) + [False] * len(test_negative or [])
+    else:
+        order = list(range(len(prompts)))
+        random.Random(seed).shuffle(order)
+        n_held = round(held_out * len(prompts))
+        test, train = torch.tensor(sorted(order[:n_held]), dtype=torch.long), torch.tensor(sorted(order[n_held:]))
+    n_test = len(test)
+    label_tensor = torch.tensor(labels)
     scores = prompt_scores(model, tokenizer, prompts, vector, layer_list, score)
     table: list[dict[str, Any]] = []
     for layer in layer_list:
         for comparator in comparators:
-            threshold, _, f1 = best_threshold(scores[layer][train], labels[train], [comparator])
+            threshold, _, f1 = best_threshold(scores[layer][train], label_tensor[train], [comparator])
             table.append({"layer": layer, "comparator": comparator, "threshold": threshold, "train_f1": f1})
     best = max(table, key=lambda row: row["train_f1"])
     condition = Condition(vector, int(best["layer"]), float(best["threshold"]), best["comparator"], score)
     fired = met(scores[condition.layer], condition.threshold, condition.comparator)
     return ConditionSearch(
         condition,
-        classification(fired[train], labels[train]),
-        classification(fired[test], labels[test]) if n_test else {},
+        classification(fired[train], label_tensor[train]),
+        classification(fired[test], label_tensor[test]) if n_test else {},
         table,
     )

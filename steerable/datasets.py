@@ -48,6 +48,12 @@ def sentiment_preferences(tokenizer: Any) -> list[Any]:
     ]
 
 
+def topic_prompts() -> tuple[list[str], list[str]]:
+    """(prompts about food and cooking, prompts about other topics): for conditional steering."""
+    data = _load("topic_prompts.json")
+    return list(data["food"]), list(data["other"])
+
+
 def sentiment_prompts() -> list[str]:
     """Held-out user prompts (not in the training pairs)."""
     return list(_load("sentiment_prompts.json")["prompts"])
