@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from steerable.distributed import all_reduce_sum, rank_and_world
 from steerable.vectors import SteeringVector, model_name_of
 
 
@@ -142,7 +143,10 @@ def optimize_steering_vector(
     Adam at ``lr``, ``batch_size`` items per forward, ``accumulate`` forwards per step. ``init``: a
     vector to start from (default zeros); ``max_norm``: each layer's vector is projected back inside
     this norm after every step. ``patience``: stop when the epoch's mean loss has not improved for this
-    many epochs. Deterministic for a given ``seed``.
+    many epochs. Deterministic for a given ``seed``. Under torch.distributed (``torchrun``,
+    accelerate) every batch is split across the ranks and the gradients summed, normalised by the
+    whole batch (tokens for ``likelihood``, items otherwise): every rank ends with the single-process
+    vector. A callable objective is taken as a mean over its items.
     """
     from steerable.model import SteerableModel
 
@@ -181,7 +185,10 @@ def optimize_steering_vector(
     total = steps if steps is not None else epochs * math.ceil(per_epoch / accumulate)
     frozen = [(p, p.requires_grad) for p in net.parameters()]
     best, stale, done = math.inf, 0, 0
-    progress = tqdm(total=total, desc="Optimising steering vector", disable=not (show_progress or total >= 20))
+    rank, world = rank_and_world()
+    progress = tqdm(
+        total=total, desc="Optimising steering vector", disable=rank != 0 or not (show_progress or total >= 20)
+    )
     try:
         for p, _ in frozen:
             p.requires_grad_(False)  # the model is frozen: only the vector learns
@@ -194,9 +201,20 @@ def optimize_steering_vector(
                     group = batches[first : first + accumulate]
                     optimizer.zero_grad()
                     for batch in group:
-                        loss = loss_of(model, handle, multiplier, batch, device)
-                        (loss / len(group)).backward()
-                        epoch_losses.append(float(loss.detach()))
+                        share = batch[rank::world]  # under torch.distributed each rank takes its share
+                        summed, count = loss_of(model, handle, multiplier, share, device) if share else (None, 0.0)
+                        # normalised by the whole batch's count (all ranks'), so the summed gradients and
+                        # the loss are the single-process ones
+                        counts = all_reduce_sum(torch.tensor([float(count)])) if world > 1 else torch.tensor([count])
+                        if summed is not None:
+                            (summed / float(counts[0]) / len(group)).backward()
+                        batch_loss = float(summed.detach()) if summed is not None else 0.0
+                        batch_loss = float(all_reduce_sum(torch.tensor([batch_loss]))[0]) if world > 1 else batch_loss
+                        epoch_losses.append(batch_loss / float(counts[0]))
+                    if world > 1:
+                        for p in parameters.values():
+                            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                            p.grad = all_reduce_sum(grad)
                     optimizer.step()
                     if max_norm is not None:
                         with torch.no_grad():
@@ -229,21 +247,27 @@ def optimize_steering_vector(
     )
 
 
-LossOf = Callable[[Any, Any, float, list[Any], torch.device], Tensor]
+#: (model, handle, multiplier, items, device) -> (summed loss, count it is a sum over): the loss is
+#: total / count, and under torch.distributed total / (all ranks' count)
+LossOf = Callable[[Any, Any, float, list[Any], torch.device], tuple[Tensor, float]]
 
 
 def _objective(objective: Objective, tokenizer: Any, beta: float) -> LossOf:
     if objective == "likelihood":
 
-        def likelihood(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+        def likelihood(
+            model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device
+        ) -> tuple[Tensor, float]:
             examples = [_as(item, Completion) for item in items]
             batch = encode(tokenizer, [e.prompt for e in examples], [e.completion for e in examples], device)
-            return -sequence_logprobs(model, batch).sum() / batch.scored[:, 1:].sum()
+            return -sequence_logprobs(model, batch).sum(), float(batch.scored[:, 1:].sum())  # per token
 
         return likelihood
     if objective == "bipo":
 
-        def bipo(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+        def bipo(
+            model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device
+        ) -> tuple[Tensor, float]:
             examples = [_as(item, Preference) for item in items]
             prompts = [e.prompt for e in examples]
             chosen = encode(tokenizer, prompts, [e.chosen for e in examples], device)
@@ -256,16 +280,18 @@ def _objective(objective: Objective, tokenizer: Any, beta: float) -> LossOf:
             handle.update(multiplier=-multiplier)
             anti = sequence_logprobs(model, chosen), sequence_logprobs(model, rejected)
             handle.update(multiplier=multiplier)
-            return bipo_loss(*steered, *anti, *reference, beta)
+            return bipo_loss(*steered, *anti, *reference, beta) * len(items), float(len(items))  # per item
 
         return bipo
     if callable(objective):
 
-        def custom(model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device) -> Tensor:
+        def custom(
+            model: Any, handle: Any, multiplier: float, items: list[Any], device: torch.device
+        ) -> tuple[Tensor, float]:
             loss = objective(model, items)
             if not isinstance(loss, Tensor) or loss.ndim != 0 or not loss.requires_grad:
                 raise ValueError("a loss callable must return a 0-d tensor that depends on the steered model's output")
-            return loss
+            return loss * len(items), float(len(items))  # taken as a mean over the items
 
         return custom
     raise ValueError(f"unknown objective {objective!r}: use 'likelihood', 'bipo' or a callable (model, items) -> loss")

@@ -8,8 +8,9 @@ with the dataset.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 
 from steerable.aggregators import AGGREGATORS, Aggregator
 from steerable.chat_roles import ROLES, ChatMarkers, role_mask
+from steerable.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
+from steerable.read_store import ReadStore
 from steerable.vectors import SteeringVector, model_name_of
 
 #: Where to read a text: a token index (negative from the end of the unpadded text), a ``slice``
@@ -44,7 +47,7 @@ class _StopForward(Exception):
 def train_steering_vector(
     model: Any,
     tokenizer: Any,
-    pairs: Sequence[ContrastivePair | tuple[str, str]],
+    pairs: Iterable[ContrastivePair | tuple[str, str]],
     layers: Iterable[int] | None = None,
     method: str | Aggregator = "mean",
     read_token_index: ReadIndex = -1,
@@ -53,26 +56,43 @@ def train_steering_vector(
     show_progress: bool | None = None,
     description: str | None = None,
     move_to_cpu: bool = False,
+    offload_dir: str | Path | None = None,
 ) -> SteeringVector:
     """Train a steering vector on ``pairs`` at ``layers`` (default: all) of a steerable ``model``.
 
     ``method``: ``"mean"`` (CAA: mean of positive minus negative), ``"pca_diff"``, ``"pca_center"``,
     ``"logistic"`` (see ``steerable.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
-    Results do not depend on ``batch_size`` or the tokenizer's padding side. ``move_to_cpu``: keep
-    what is collected on the CPU (``mean``'s running sums; other methods always keep reads there).
+    Results do not depend on ``batch_size`` or the tokenizer's padding side. ``pairs`` may be any
+    iterable (a generator over a file, a streaming dataset); it is read in chunks, never materialised.
+    ``mean`` keeps O(layers x d) state; the other methods keep each pair's reads at the read positions
+    only, on the CPU, or in memory-mapped files in ``offload_dir``. ``move_to_cpu``: keep ``mean``'s
+    running sums on the CPU. Under torch.distributed (``torchrun``, accelerate) each rank reads its
+    share and every rank returns the same vector (see ``steerable.distributed``).
     """
+    import shutil
+    import tempfile
+
     aggregate = _aggregator(method)
     streaming = method == "mean"
-    resolved, n_pairs, collected = _collect(
-        model, tokenizer, pairs, layers, read_token_index, batch_size, site, show_progress, streaming, move_to_cpu
-    )
-    vectors: dict[int, Tensor] = {}
-    for layer, _ in resolved:
-        if streaming:
-            vectors[layer] = ((collected[layer][0] - collected[layer][1]) / n_pairs).float().cpu()
-        else:
-            pos, neg = collected[layer]
-            vectors[layer] = _checked(aggregate(pos, neg), layer, method, pos.shape[-1]).float()
+    scratch = Path(tempfile.mkdtemp(prefix="steerable-reads-", dir=offload_dir)) if offload_dir is not None else None
+    try:
+        resolved, n_pairs, collected = _collect(
+            model,
+            tokenizer,
+            pairs,
+            layers,
+            read_token_index,
+            batch_size,
+            site,
+            show_progress,
+            streaming,
+            move_to_cpu,
+            scratch,
+        )
+        vectors = _vectors(resolved, n_pairs, collected, streaming, aggregate, method)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     config = getattr(model, "config", None)
     return SteeringVector(
         vectors,
@@ -85,22 +105,52 @@ def train_steering_vector(
     )
 
 
+def _vectors(
+    resolved: list[tuple[int, int]],
+    n_pairs: int,
+    collected: dict[int, Any],
+    streaming: bool,
+    aggregate: Aggregator,
+    method: Any,
+) -> dict[int, Tensor]:
+    vectors: dict[int, Tensor] = {}
+    for layer, _ in resolved:
+        if streaming:
+            vectors[layer] = ((collected[layer][0] - collected[layer][1]) / n_pairs).float().cpu()
+        else:
+            pos, neg = collected[layer]
+            vectors[layer] = _checked(aggregate(pos, neg), layer, method, pos.shape[-1]).float().clone()
+    return vectors
+
+
 def extract_activations(
     model: Any,
     tokenizer: Any,
-    pairs: Sequence[ContrastivePair | tuple[str, str]],
+    pairs: Iterable[ContrastivePair | tuple[str, str]],
     layers: Iterable[int] | None = None,
     read_token_index: ReadIndex = -1,
     batch_size: int = 16,
     site: str = "block",
     show_progress: bool | None = None,
     move_to_cpu: bool = True,
+    offload_dir: str | Path | None = None,
 ) -> tuple[dict[int, Float[Tensor, "n_pairs d_model"]], dict[int, Float[Tensor, "n_pairs d_model"]]]:
     """Per-pair activations at the read positions, without aggregating: ``(positive, negative)``, each
     ``{layer: tensor[n_pairs, d_model]}`` (the steering-vectors library's first step). Keeps every
-    activation; ``train_steering_vector(method="mean")`` streams instead."""
+    read (at the read positions only); with ``offload_dir`` the tensors are memory-mapped files there
+    (they stay after the call). ``train_steering_vector(method="mean")`` streams instead."""
     resolved, _, collected = _collect(
-        model, tokenizer, pairs, layers, read_token_index, batch_size, site, show_progress, False, move_to_cpu
+        model,
+        tokenizer,
+        pairs,
+        layers,
+        read_token_index,
+        batch_size,
+        site,
+        show_progress,
+        False,
+        move_to_cpu,
+        offload_dir,
     )
     return {layer: collected[layer][0] for layer, _ in resolved}, {layer: collected[layer][1] for layer, _ in resolved}
 
@@ -140,10 +190,15 @@ def _checked(direction: Any, layer: int, method: Any, width: int) -> Tensor:
     return direction
 
 
+#: Pairs read from an iterable at a time (tokenised, sorted by length, batched); memory for ``mean``
+#: does not grow with the dataset, only with this.
+CHUNK_PAIRS = 512
+
+
 def _collect(
     model: Any,
     tokenizer: Any,
-    pairs: Sequence[ContrastivePair | tuple[str, str]],
+    pairs: Iterable[ContrastivePair | tuple[str, str]],
     layers: Iterable[int] | None,
     read_token_index: ReadIndex,
     batch_size: int,
@@ -151,9 +206,14 @@ def _collect(
     show_progress: bool | None,
     streaming: bool,
     move_to_cpu: bool,
-) -> tuple[list[tuple[int, int]], int, dict[int, Tensor]]:
+    offload_dir: str | Path | None = None,
+) -> tuple[list[tuple[int, int]], int, dict[int, Any]]:
     """Run the pairs through the model and collect, per layer, ``[2, d]`` running sums (``streaming``)
-    or ``[2, n_pairs, d]`` reads (positive first)."""
+    or (positive ``[n_pairs, d]``, negative ``[n_pairs, d]``) reads, in the pairs' order.
+
+    ``pairs`` may be any iterable (a generator over a file, a streaming dataset): it is read in chunks
+    of ``CHUNK_PAIRS``. Under torch.distributed each rank runs its share (see ``steerable.distributed``)
+    and every rank returns the combined result."""
     from steerable.model import SteerableModel
     from steerable.recording import taps_installed
     from steerable.state import resolve_layers
@@ -161,8 +221,6 @@ def _collect(
     if not isinstance(model, SteerableModel):
         raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
     state = model._steerable
-    net: Any = model
-    texts, reads = _texts_and_reads(pairs, read_token_index)
     site = state.check_site(site)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -170,110 +228,189 @@ def _collect(
     if not layer_list:
         raise ValueError("layers is empty: give at least one layer index")
     resolved = resolve_layers(state, layer_list)
+    rank, world = rank_and_world()
+    total = len(pairs) if isinstance(pairs, Sized) else None
+    progress_on = show_progress if show_progress is not None else (total is None or total >= 4 * batch_size)
+    progress = tqdm(total=total, unit="pair", desc="Training steering vector", disable=rank != 0 or not progress_on)
+    sums: dict[int, Tensor] = {}
+    store = None if streaming else ReadStore([layer for layer, _ in resolved], offload_dir)
+    reader = _PairReader(model, tokenizer, resolved, read_token_index, batch_size, move_to_cpu or not streaming)
+    seen = 0
+    error: BaseException | None = None
+    try:
+        with taps_installed(state, resolved, site, reader.make_tap), torch.inference_mode():
+            for chunk in _chunks(pairs, CHUNK_PAIRS):
+                numbers = range(seen, seen + len(chunk))
+                seen += len(chunk)
+                mine = [(i, pair) for i, pair in zip(numbers, chunk, strict=True) if i % world == rank]
+                if mine:
+                    reads = reader.run([i for i, _ in mine], [pair for _, pair in mine])
+                    if streaming:
+                        for layer, read in reads.items():
+                            part = read.double().sum(1)  # [2, d]: positive and negative sums
+                            sums[layer] = sums[layer] + part if layer in sums else part
+                    else:
+                        assert store is not None
+                        store.append(torch.tensor([i for i, _ in mine]), reads)
+                progress.update(len(chunk))
+        if seen == 0:
+            raise ValueError("pairs is empty: give at least one (positive, negative) pair")
+    except BaseException as caught:  # every rank must learn of it before the collectives below
+        error = caught
+    finally:
+        progress.close()
+    raise_together(error)
+    if streaming:
+        if world > 1:  # a rank may have had no pair: it learns the width from the others
+            widths = gather_objects({layer: int(t.shape[-1]) for layer, t in sums.items()})
+            for layer, _ in resolved:
+                width = next(w[layer] for w in widths if layer in w)
+                local = sums.get(layer, torch.zeros(2, width, dtype=torch.float64))
+                sums[layer] = all_reduce_sum(local.cpu()).to(local.device)
+        return resolved, seen, sums
+    assert store is not None
+    return resolved, seen, _combined(store, resolved, world)
 
-    n_pairs = len(texts) // 2
-    token_ids: list[list[int]] = [list(ids) for ids in tokenizer(texts)["input_ids"]]
-    markers = ChatMarkers.from_tokenizer(tokenizer) if any(isinstance(r, str) for r in reads) else None
-    chosen = [_resolve_read(t, r, ids, markers) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    params = inspect.signature(net.forward).parameters
-    cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
-    # A pair's texts usually share a prefix (the prompt) before every read position: run it once and
-    # continue both texts from its KV cache. Other pairs run as plain batches of texts.
-    shared = [
-        min(_common_prefix(token_ids[2 * k], token_ids[2 * k + 1]), min(chosen[2 * k]), min(chosen[2 * k + 1]))
-        if cache_arg is not None
-        else 0
-        for k in range(n_pairs)
-    ]
-    by_length = sorted(range(n_pairs), key=lambda k: len(token_ids[2 * k]) + len(token_ids[2 * k + 1]))
-    shared_pairs = [k for k in by_length if shared[k] > 0]
-    plain_texts = sorted(
-        (i for k in by_length if shared[k] == 0 for i in (2 * k, 2 * k + 1)), key=lambda i: len(token_ids[i])
-    )
-    pairs_per_batch = max(1, batch_size // 2)
-    jobs: list[tuple[str, list[int]]] = [
-        ("shared", shared_pairs[s : s + pairs_per_batch]) for s in range(0, len(shared_pairs), pairs_per_batch)
-    ] + [("plain", plain_texts[s : s + batch_size]) for s in range(0, len(plain_texts), batch_size)]
 
-    sums: dict[int, Tensor] = {}  # mean: [2, d] running sums (positive, negative), float64
-    stored: dict[int, Tensor] = {}  # other methods: [2, n_pairs, d], only the read positions
-    deepest = max(index for _, index in resolved)
-    progress = show_progress if show_progress is not None else len(jobs) >= 4
-    gathered: dict[int, Tensor] = {}
-    columns: dict[str, Tensor | None] = {"index": None, "weight": None}
+def _combined(store: ReadStore, resolved: list[tuple[int, int]], world: int) -> dict[int, Any]:
+    """Each layer's (positive, negative) reads over all ranks, in the pairs' order."""
+    out: dict[int, Any] = {}
+    if world == 1:  # this process read every pair, in order
+        return {layer: store.reads(layer) for layer, _ in resolved}
+    shares = gather_objects((store.pair_indices(), {layer: store.reads(layer) for layer, _ in resolved}))
+    shares = [(indices, reads) for indices, reads in shares if indices.numel()]  # ranks with no pair
+    order = torch.cat([indices for indices, _ in shares]).argsort()
+    for layer, _ in resolved:
+        positive = torch.cat([reads[layer][0] for _, reads in shares])[order]
+        negative = torch.cat([reads[layer][1] for _, reads in shares])[order]
+        out[layer] = (positive, negative)
+    return out
 
-    def make_tap(layer: int, index: int) -> Callable[[Tensor, Any], None]:
+
+def _chunks(pairs: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _PairReader:
+    """Runs pairs through the model (positives and negatives in shared batches, a shared prompt run
+    once and continued from its KV cache) and returns each layer's reads at the read positions."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        resolved: list[tuple[int, int]],
+        read_token_index: ReadIndex,
+        batch_size: int,
+        to_cpu: bool,
+    ) -> None:
+        self.net, self.tokenizer, self.resolved = model, tokenizer, resolved
+        self.read_token_index, self.batch_size, self.to_cpu = read_token_index, batch_size, to_cpu
+        self.deepest = max(index for _, index in resolved)
+        self.params = inspect.signature(model.forward).parameters
+        self.cache_arg = next((name for name in ("cache", "past_key_values") if name in self.params), None)
+        self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        self.device = next(p for p in model.parameters() if p.device.type != "meta").device
+        self.gathered: dict[int, Tensor] = {}
+        self.columns: dict[str, Tensor | None] = {"index": None, "weight": None}
+        self.markers: ChatMarkers | None = None
+
+    def make_tap(self, layer: int, index: int) -> Callable[[Tensor, Any], None]:
         def tap(hidden: Tensor, _step: Any) -> None:
-            if columns["index"] is not None:  # None while a shared prefix runs: nothing to read there
-                assert columns["weight"] is not None
-                gathered[layer] = _read(hidden, columns["index"], columns["weight"])
-            if index == deepest:
+            if self.columns["index"] is not None:  # None while a shared prefix runs: nothing to read there
+                assert self.columns["weight"] is not None
+                self.gathered[layer] = _read(hidden, self.columns["index"], self.columns["weight"])
+            if index == self.deepest:
                 raise _StopForward
 
         return tap
 
-    def run(ids: Tensor, mask: Tensor, read_rows: list[list[int]] | None, cache: Any = None) -> None:
+    def _forward(self, ids: Tensor, mask: Tensor, read_rows: list[list[int]] | None, cache: Any = None) -> None:
         """One forward over ``ids`` (the last columns of ``mask``), stopped after the deepest layer."""
         index, weight = _columns(read_rows) if read_rows is not None else (None, None)
-        columns["index"] = index.to(device) if index is not None else None
-        columns["weight"] = weight.to(device) if weight is not None else None
-        inputs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        if "position_ids" in params:  # absolute-position models (GPT-2) need them under padding
-            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :].to(device)
+        self.columns["index"] = index.to(self.device) if index is not None else None
+        self.columns["weight"] = weight.to(self.device) if weight is not None else None
+        inputs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if "position_ids" in self.params:  # absolute-position models (GPT-2) need them under padding
+            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :].to(self.device)
         if cache is not None:
-            inputs[str(cache_arg)] = cache
+            inputs[str(self.cache_arg)] = cache
         try:
-            net(**inputs, use_cache=cache is not None)
+            self.net(**inputs, use_cache=cache is not None)
         except _StopForward:
             pass
 
-    device = next(p for p in net.parameters() if p.device.type != "meta").device
-    with taps_installed(state, resolved, site, make_tap), torch.inference_mode():
-        for kind, job in tqdm(jobs, desc="Training steering vector", disable=not progress):
+    def run(self, numbers: list[int], pairs: list[Any]) -> dict[int, Float[Tensor, "2 k d_model"]]:
+        """Each layer's reads of ``pairs`` (numbered ``numbers`` in the whole dataset, for errors)."""
+        texts, reads = _texts_and_reads(pairs, self.read_token_index, numbers)
+        if self.markers is None and any(isinstance(r, str) for r in reads):
+            self.markers = ChatMarkers.from_tokenizer(self.tokenizer)
+        token_ids: list[list[int]] = [list(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        chosen = [_resolve_read(t, r, ids, self.markers) for t, r, ids in zip(texts, reads, token_ids, strict=True)]
+        n_pairs = len(pairs)
+        # A pair's texts usually share a prefix (the prompt) before every read position: run it once and
+        # continue both texts from its KV cache. Other pairs run as plain batches of texts.
+        shared = [
+            min(_common_prefix(token_ids[2 * k], token_ids[2 * k + 1]), min(chosen[2 * k]), min(chosen[2 * k + 1]))
+            if self.cache_arg is not None
+            else 0
+            for k in range(n_pairs)
+        ]
+        by_length = sorted(range(n_pairs), key=lambda k: len(token_ids[2 * k]) + len(token_ids[2 * k + 1]))
+        shared_pairs = [k for k in by_length if shared[k] > 0]
+        plain_texts = sorted(
+            (i for k in by_length if shared[k] == 0 for i in (2 * k, 2 * k + 1)), key=lambda i: len(token_ids[i])
+        )
+        per_batch = max(1, self.batch_size // 2)
+        jobs: list[tuple[str, list[int]]] = [
+            ("shared", shared_pairs[s : s + per_batch]) for s in range(0, len(shared_pairs), per_batch)
+        ] + [("plain", plain_texts[s : s + self.batch_size]) for s in range(0, len(plain_texts), self.batch_size)]
+        out: dict[int, Tensor] = {}
+        for kind, job in jobs:
             if kind == "plain":
                 rows = job
-                ids, mask = _pad([token_ids[i] for i in rows], pad_id, left=True)
+                ids, mask = _pad([token_ids[i] for i in rows], self.pad_id, left=True)
                 offsets = [ids.shape[1] - len(token_ids[i]) for i in rows]
-                run(ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)])
+                self._forward(
+                    ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)]
+                )
             else:
                 from transformers import DynamicCache
 
                 rows = [i for k in job for i in (2 * k, 2 * k + 1)]
-                prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], pad_id, left=True)
-                cache = DynamicCache(config=net.config)
-                run(prefix_ids, prefix_mask, None, cache)
+                prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], self.pad_id, left=True)
+                cache = DynamicCache(config=self.net.config)
+                self._forward(prefix_ids, prefix_mask, None, cache)
                 cache.batch_repeat_interleave(2)  # each prefix continues as its positive and its negative
-                suffixes = [token_ids[i][shared[i // 2] :] for i in rows]
-                suffix_ids, suffix_mask = _pad(suffixes, pad_id, left=False)
+                suffix_ids, suffix_mask = _pad([token_ids[i][shared[i // 2] :] for i in rows], self.pad_id, left=False)
                 mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
-                run(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
+                self._forward(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
             kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
             pair_ids = torch.tensor([i // 2 for i in rows])
-            for layer, _ in resolved:
-                read = gathered.pop(layer).float()
-                if streaming:
-                    kinds_here = kinds.to(read.device)
-                    batch_sum = torch.stack([read[kinds_here == k].double().sum(0) for k in (0, 1)])
-                    batch_sum = batch_sum.cpu() if move_to_cpu else batch_sum
-                    sums[layer] = sums[layer] + batch_sum if layer in sums else batch_sum
-                else:
-                    if layer not in stored:
-                        stored[layer] = torch.zeros(2, n_pairs, read.shape[-1])
-                    stored[layer][kinds, pair_ids] = read.cpu()
-
-    return resolved, n_pairs, sums if streaming else stored
+            for layer, _ in self.resolved:
+                read = self.gathered.pop(layer).float()
+                read = read.cpu() if self.to_cpu else read
+                if layer not in out:
+                    out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
+                out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
+        return out
 
 
 def _texts_and_reads(
-    pairs: Sequence[ContrastivePair | tuple[str, str]], default: ReadIndex
+    pairs: Sequence[ContrastivePair | tuple[str, str]], default: ReadIndex, numbers: Sequence[int]
 ) -> tuple[list[str], list[int | slice | str]]:
-    """Interleave positives and negatives (so a batch holds both) and resolve each text's read index."""
-    if len(pairs) == 0:
-        raise ValueError("pairs is empty: give at least one (positive, negative) pair")
+    """Interleave positives and negatives (so a batch holds both) and resolve each text's read index;
+    ``numbers``: each pair's number in the dataset, for errors."""
     texts: list[str] = []
     reads: list[int | slice | str] = []
-    for number, pair in enumerate(pairs):
+    for number, pair in zip(numbers, pairs, strict=True):
         if isinstance(pair, ContrastivePair):
             items = [(pair.positive, pair.read_positive_token_index), (pair.negative, pair.read_negative_token_index)]
         elif isinstance(pair, (tuple, list)) and len(pair) == 2:

@@ -91,8 +91,10 @@ def test_bipo_loss_and_gradient_equal_a_hand_computation() -> None:
 
     v = torch.nn.Parameter(start.clone())
     with model.steer(SteeringVector({1: v}), 1.0) as handle:
-        loss = _objective("bipo", tokenizer(), beta)(model, handle, 1.0, items, torch.device("cpu"))
+        summed, count = _objective("bipo", tokenizer(), beta)(model, handle, 1.0, items, torch.device("cpu"))
+        loss = summed / count  # a sum over the items, and their number
         loss.backward()
+    assert count == len(items)
 
     w = start.clone().requires_grad_(True)
     terms = []
