@@ -335,6 +335,43 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """The per-token cost ratio (steered / own vanilla) by implementation, with min-max bars over trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = {
+        "decode_b1_ms_per_token": "decode, batch 1",
+        "decode_b8_ms_per_token": "decode, batch 8",
+        "prefill_ms_per_token": f"prefill, {report['prompt_len']} tokens",
+    }
+    names = [n for n in IMPLEMENTATIONS if isinstance(report["rows"][n].get("decode_b1_ms_per_token"), dict)]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    width = 0.8 / len(measures)
+    for k, (key, label) in enumerate(measures.items()):
+        cells = [report["rows"][n][key] for n in names]
+        ratios = [c["ratio"] for c in cells]
+        errors = [
+            [r - c["ratio_min"] for r, c in zip(ratios, cells, strict=True)],
+            [c["ratio_max"] - r for r, c in zip(ratios, cells, strict=True)],
+        ]
+        ax.bar([i + (k - 1) * width for i in range(len(names))], ratios, width, yerr=errors, capsize=3, label=label)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="own vanilla")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("per-token cost, steered / own vanilla")
+    ax.set_title(
+        f"Steering every layer of {report['model']} (bars: min-max over {report['trials']} trials)", fontsize="medium"
+    )
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=5)
@@ -349,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "peers.json").write_text(json.dumps(report, indent=1))
-    (out / "peers.md").write_text(markdown(report))
+    (out / "peers.md").write_text(markdown(report) + "\n![cost ratio](peers_cost_ratio.png)\n")
+    plot(report, out / "peers_cost_ratio.png")
     print(markdown(report))
     return 0
 
