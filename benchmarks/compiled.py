@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import transformers
 
-from benchmarks.overhead import hooks, tiny_llama
+from benchmarks.overhead import decode_ms_per_token, hooks, tiny_llama
 from steerable import SteerableModel, SteeringVector
 
 
@@ -60,21 +60,9 @@ def compiled(model: Any, backend: CountingBackend) -> Any:
 
 
 def decode(model: Any, new_tokens: int, batch: int = 1) -> float:
-    """ms per generated token: ``generate`` with a static cache (the compiled forward does the steps)."""
-    ids = torch.randint(3, 200, (batch, 8), generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-            cache_implementation="static",
-            disable_compile=True,  # we compiled the forward ourselves; generate must not wrap it again
-        )
-    return (time.perf_counter() - start) * 1000 / new_tokens
+    """ms per generated token: ``generate`` with a static cache (the compiled forward does the steps;
+    generate must not wrap it again)."""
+    return decode_ms_per_token(model, batch, new_tokens, "cpu", cache_implementation="static", disable_compile=True)
 
 
 def vector_for(model: Any, seed: int) -> SteeringVector:

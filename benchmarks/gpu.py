@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import transformers
 
-from benchmarks.overhead import hooks, tiny_llama
+from benchmarks.overhead import decode_ms_per_token, hooks, tiny_llama
 from steerable import SteerableModel, SteeringVector
 
 IMPLEMENTATIONS = ("vanilla", "steerable", "forward hooks")
@@ -54,28 +54,9 @@ def smollm2_shaped(dtype: torch.dtype) -> Any:
     return transformers.LlamaForCausalLM(config).to(dtype).eval(), "SmolLM2-135M shape, random weights"
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def decode(model: Any, batch: int, new_tokens: int, device: str, static: bool) -> float:
-    ids = torch.randint(3, 200, (batch, 8), device=device, generator=None)
     extra: dict[str, Any] = {"cache_implementation": "static", "disable_compile": True} if static else {}
-    sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-            **extra,
-        )
-    sync(device)
-    return (time.perf_counter() - start) * 1000 / new_tokens
+    return decode_ms_per_token(model, batch, new_tokens, device, **extra)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

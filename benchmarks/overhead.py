@@ -64,7 +64,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def decode_ms_per_token(model: Any, batch: int, new_tokens: int, device: str) -> float:
+def decode_ms_per_token(model: Any, batch: int, new_tokens: int, device: str, **generate: Any) -> float:
+    """ms per generated token, greedy from 8-token prompts; ``generate``: more arguments (a static cache)."""
     ids = torch.randint(3, 200, (batch, 8), device=device)
     _sync(device)
     start = time.perf_counter()
@@ -76,6 +77,7 @@ def decode_ms_per_token(model: Any, batch: int, new_tokens: int, device: str) ->
             min_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=0,
+            **generate,
         )
     _sync(device)
     return (time.perf_counter() - start) * 1000 / new_tokens
