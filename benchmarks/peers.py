@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import statistics
 import time
@@ -280,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         SteerableModel.unwrap(model)  # the next implementation sees the plain model
         SteerableModel.unwrap(tiny)
     try:
-        import transformer_lens
+        import transformer_lens  # noqa: F401
 
         rows["TransformerLens"] = measure(
             lens_runs(lens_model(model), torch.randn(d) * 0.1, args.new_tokens, args.prompt_len), args.trials, per
@@ -288,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows["TransformerLens"]["layer_call_us"] = layer_call_us(
             lens_runs(lens_model(tiny), torch.randn(64) * 0.1, args.new_tokens, 8), args.trials, args.new_tokens, 16
         )
-        rows["TransformerLens"]["version"] = getattr(transformer_lens, "__version__", "4.x")
+        rows["TransformerLens"]["version"] = importlib.metadata.version("transformer-lens")
     except ImportError:
         rows["TransformerLens"] = {key: "not installed" for key in MEASURES}
     return {

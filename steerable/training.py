@@ -244,13 +244,11 @@ def _collect(
                 seen += len(chunk)
                 mine = [(i, pair) for i, pair in zip(numbers, chunk, strict=True) if i % world == rank]
                 if mine:
-                    reads = reader.run([i for i, _ in mine], [pair for _, pair in mine])
-                    if streaming:
-                        for layer, read in reads.items():
-                            part = read.double().sum(1)  # [2, d]: positive and negative sums
-                            sums[layer] = sums[layer] + part if layer in sums else part
+                    if streaming:  # only running sums: memory does not grow with the data
+                        reader.run([i for i, _ in mine], [pair for _, pair in mine], sums)
                     else:
                         assert store is not None
+                        reads = reader.run([i for i, _ in mine], [pair for _, pair in mine])
                         store.append(torch.tensor([i for i, _ in mine]), reads)
                 progress.update(len(chunk))
         if seen == 0:
@@ -347,8 +345,12 @@ class _PairReader:
         except _StopForward:
             pass
 
-    def run(self, numbers: list[int], pairs: list[Any]) -> dict[int, Float[Tensor, "2 k d_model"]]:
-        """Each layer's reads of ``pairs`` (numbered ``numbers`` in the whole dataset, for errors)."""
+    def run(
+        self, numbers: list[int], pairs: list[Any], sums: dict[int, Tensor] | None = None
+    ) -> dict[int, Float[Tensor, "2 k d_model"]]:
+        """Each layer's reads of ``pairs`` (numbered ``numbers`` in the whole dataset, for errors); with
+        ``sums``, add each batch's positive and negative sums (float64 ``[2, d]``) there instead, so
+        nothing of the size of the chunk is kept."""
         texts, reads = _texts_and_reads(pairs, self.read_token_index, numbers)
         if self.markers is None and any(isinstance(r, str) for r in reads):
             self.markers = ChatMarkers.from_tokenizer(self.tokenizer)
@@ -397,6 +399,11 @@ class _PairReader:
             for layer, _ in self.resolved:
                 read = self.gathered.pop(layer).float()
                 read = read.cpu() if self.to_cpu else read
+                if sums is not None:
+                    here = kinds.to(read.device)
+                    part = torch.stack([read[here == k].double().sum(0) for k in (0, 1)])
+                    sums[layer] = sums[layer] + part if layer in sums else part
+                    continue
                 if layer not in out:
                     out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
                 out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
