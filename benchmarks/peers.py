@@ -32,7 +32,7 @@ import torch
 import transformers
 from torch import Tensor
 
-from benchmarks.overhead import hooks, tiny_llama
+from benchmarks.overhead import decode_ms_per_token, hooks, prefill_ms_per_token, tiny_llama
 from steerable import SteerableModel, SteeringVector
 
 MEASURES = ("decode_b1_ms_per_token", "decode_b8_ms_per_token", "prefill_ms_per_token", "layer_call_us")
@@ -91,20 +91,6 @@ def hf_runs(model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int
     def ids(batch: int, length: int) -> torch.Tensor:
         return torch.randint(3, 200, (batch, length), generator=torch.Generator().manual_seed(batch + length))
 
-    def generate(net: Any, batch: int) -> None:
-        x = ids(batch, 8)
-        net.generate(
-            input_ids=x,
-            attention_mask=torch.ones_like(x),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
-
-    def prefill(net: Any) -> None:
-        net(input_ids=ids(1, prompt_len))
-
     def ours(run: Callable[[], None]) -> Steered:
         return Steered(lambda: SteerableModel.of(model).steer(vector, 1.0), run)
 
@@ -112,9 +98,9 @@ def hf_runs(model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int
         return Steered(lambda: hooks(model, vector, 1.0), run)
 
     vanilla = {
-        "decode_b1_ms_per_token": lambda: generate(model, 1),
-        "decode_b8_ms_per_token": lambda: generate(model, 8),
-        "prefill_ms_per_token": lambda: prefill(model),
+        "decode_b1_ms_per_token": lambda: decode_ms_per_token(model, 1, new_tokens, "cpu"),
+        "decode_b8_ms_per_token": lambda: decode_ms_per_token(model, 8, new_tokens, "cpu"),
+        "prefill_ms_per_token": lambda: prefill_ms_per_token(model, prompt_len, "cpu"),
     }
     if name == "steerable":
         SteerableModel.wrap(model)

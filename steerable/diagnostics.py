@@ -160,10 +160,10 @@ def diagnose(
     items = [d for d in data if isinstance(d, ABItem)]
     if items and len(items) != len(data):
         raise TypeError("give A/B items or contrastive pairs, not a mix")
+    # A/B items in both orders (each item, then it swapped): letter and behaviour independent by design;
+    # a positive text ends with its matching letter, which is the item's other letter once swapped
     pairs: list[Any] = ab_pairs(tokenizer, items, chat, balance="swap") if items else list(data)
-    if items:  # both orders of every item: the letter and the behaviour are independent by design
-        versions = [v for i in items for v in (i, i)]
-        pos_letters = [v.matching if k % 2 == 0 else v.not_matching for k, v in enumerate(versions)]
+    pos_letters = [letter for i in items for letter in (i.matching, i.not_matching)]
     positive, negative = extract_activations(
         model, tokenizer, pairs, layer_list, read_token_index, batch_size, vector.site, show_progress
     )

@@ -255,10 +255,7 @@ def restore(module: nn.Module) -> None:
     module._steerable_ops = ()
     module._steerable_taps = ()
     for probe in module._steerable_probes:
-        probe.active = False
-        for name in probe.names.values():
-            module._buffers.pop(name, None)
-    module._steerable_probes = ()
+        module.remove_probe(probe)
     module._steerable_sites_need_step = False
     for slot in module._steerable_slots:
         slot.active, slot.live = False, None

@@ -22,7 +22,6 @@ from steerable.positions import (
     StepContext,
     absolute_positions,
     past_length,
-    rows_for_batch,
     selection_mask,
 )
 
@@ -141,10 +140,7 @@ class ModelState:
             lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
         context = StepContext(positions, generating=lengths is not None)
         if self.deciding:  # conditions decide on each row's prompt; the KV cache keeps the decision
-            context.prompt = positions >= 0
-            if lengths is not None:
-                prompt_lengths = rows_for_batch(lengths.to(device), batch, "prompt lengths")
-                context.prompt = context.prompt & (positions < prompt_lengths[:, None])
+            context.prompt = selection_mask("prompt", positions, lengths, None, None)[..., 0]
             context.memory = _memory(cache)
         if self.selections:
             buffers = self.stack._buffers
