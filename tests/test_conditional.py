@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo.testing
-from helpers import left_pad
+from helpers import hooked, left_pad
 from tiny_models import tiny_model
 
 from steerable import Condition, RowSteering, SteerableModel, SteeringVector
@@ -253,3 +253,36 @@ def test_bad_requests_name_the_problem(model) -> None:
             [SteeringVector({0: torch.randn(32)}), RowSteering(SteeringVector({0: torch.randn(16)}), operator="ablate")]
         )
     assert not model.is_steering
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_conditional_gradients_under_checkpointing_entering_the_inner_model_equal_a_hook(reentrant) -> None:
+    """Where trainers run it: gradient checkpointing (the condition decided again on the replay) and
+    the inner model called directly; the oracle is a hook that adds only to the rows that qualify."""
+    plain = SteerableModel.wrap(tiny_model("llama"))
+    condition, chosen = median_condition(plain)
+    ids, mask = left_pad(ROWS)
+    vanilla = tiny_model("llama").train()
+    steerable = SteerableModel.wrap(tiny_model("llama")).train()
+    steerable.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    gate = chosen.float()[:, None, None]
+    probe = direction(21)
+    edits = {layer: (lambda h, v=v: h + v * gate) for layer, v in behaviour().items()}
+
+    def loss_and_grads(model, inner):
+        model.zero_grad()
+        hidden = inner(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        loss = ((hidden @ probe).pow(2) * mask).sum()  # not the norm: the final RMSNorm fixes that
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with hooked(vanilla, edits):
+        want_loss, want = loss_and_grads(vanilla, vanilla.model)
+    with steerable.steer(behaviour(), 1.0, condition=condition):
+        got_loss, got = loss_and_grads(steerable, steerable.model)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-4)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+    unconditional_loss, _ = loss_and_grads(vanilla, vanilla.model)
+    assert not torch.allclose(unconditional_loss, want_loss)  # the steered rows did change the loss
