@@ -49,7 +49,7 @@ class CountingBackend:
 def load(name: str) -> Any:
     if name == "tiny":
         return tiny_llama(4)
-    from steerable.offline import smollm2_path
+    from steerable.testing import smollm2_path
 
     return transformers.AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
 

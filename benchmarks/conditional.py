@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from steerable import Condition, SteeringVector, train_steering_vector
-from steerable.conditions import find_best_condition_point
-from steerable.datasets import chat_prompt, sentiment_pairs, sentiment_prompts, topic_prompts
-from steerable.evaluation import vader_judge
-from steerable.offline import smollm2
-from steerable.sweep import bootstrap_ci
+from steerable.chat_roles import chat_prompt
+from steerable.research.datasets import sentiment_pairs, sentiment_prompts, topic_prompts
+from steerable.research.evaluation import vader_judge
+from steerable.research.sweep import bootstrap_ci
+from steerable.testing import smollm2
+from steerable.train.condition_search import find_best_condition_point
 
 CONDITION_LAYERS = [2, 4, 6]
 BEHAVIOUR_LAYER = 6
@@ -78,7 +79,8 @@ def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[
     judge = vader_judge()
     plain = replies(model, tokenizer, inputs, tokens)
     # which rows the condition fires on: the search's own scores, recomputed on this batch
-    from steerable.conditions import met, prompt_scores
+    from steerable.conditions import met
+    from steerable.train.condition_search import prompt_scores
 
     fired = met(
         prompt_scores(model, tokenizer, prompts, topic, [condition.layer])[condition.layer],

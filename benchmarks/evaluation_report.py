@@ -23,12 +23,12 @@ import warnings
 from pathlib import Path
 
 from steerable import train_steering_vector
-from steerable.ab import LetterImbalanceWarning, ab_pairs, letter_counts, load_ab_dataset
-from steerable.datasets import sentiment_pairs, sentiment_prompts
-from steerable.diagnostics import diagnose
-from steerable.evaluation import ab_scores, open_ended
-from steerable.offline import smollm2
-from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
+from steerable.research.ab import LetterImbalanceWarning, ab_pairs, letter_counts, load_ab_dataset
+from steerable.research.datasets import sentiment_pairs, sentiment_prompts
+from steerable.research.diagnostics import diagnose
+from steerable.research.evaluation import ab_scores, open_ended
+from steerable.research.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
+from steerable.testing import smollm2
 
 CAA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caa"
 BEHAVIOURS = ["refusal", "corrigible-neutral-HHH", "coordinate-other-ais"]

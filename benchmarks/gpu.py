@@ -31,7 +31,7 @@ MODES = ("eager", "compiled (reduce-overhead)")
 
 def smollm2_shaped(dtype: torch.dtype) -> Any:
     """SmolLM2-135M from the cache, or its shape with random weights."""
-    from steerable.offline import cache_dir
+    from steerable.testing import cache_dir
 
     cached = sorted(cache_dir().glob("SmolLM2-135M-Instruct-transformers*"))
     if cached and (cached[-1] / "model.safetensors").exists():

@@ -22,10 +22,10 @@ import psutil
 import torch
 
 from steerable import Completion, Preference, SteeringVector, optimize_steering_vector, train_steering_vector
-from steerable.datasets import sentiment_pairs, sentiment_preferences, sentiment_prompts
-from steerable.evaluation import ab_pairs, ab_prompt, ab_scores, load_ab_dataset, open_ended
-from steerable.offline import smollm2
-from steerable.sweep import summarize_generations
+from steerable.research.datasets import sentiment_pairs, sentiment_preferences, sentiment_prompts
+from steerable.research.evaluation import ab_pairs, ab_prompt, ab_scores, load_ab_dataset, open_ended
+from steerable.research.sweep import summarize_generations
+from steerable.testing import smollm2
 
 CAA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caa"
 MULTIPLIERS = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]

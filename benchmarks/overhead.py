@@ -50,7 +50,7 @@ def load_model(name: str, dtype: torch.dtype, device: str) -> tuple[Any, str | N
     """(vanilla model, path it can be reloaded from, or None)."""
     if name == "tiny":
         return tiny_llama().to(device, dtype), None
-    from steerable.offline import smollm2_path
+    from steerable.testing import smollm2_path
 
     path = smollm2_path()
     model: Any = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -430,7 +430,7 @@ def profile_report(steerable: Any, d: int, n_layers: int, device: str) -> dict[s
     """Time inside the steering step of each layer, from torch.profiler, for one 64-token forward."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from steerable.layers import SteerableLayer
+    from steerable._runtime.layer import SteerableLayer
 
     original = SteerableLayer._steerable_output
 
@@ -464,7 +464,7 @@ REPENG_WORKER = Path(__file__).with_name("repeng_worker.py")
 
 def repeng_env() -> Path:
     """A virtual environment with repeng 0.4.0 and numpy<2, created once under the cache directory."""
-    from steerable.offline import cache_dir
+    from steerable.testing import cache_dir
 
     env = cache_dir() / "bench-repeng-env"
     python = env / "bin" / "python"

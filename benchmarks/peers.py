@@ -111,7 +111,7 @@ def hf_runs(model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int
         import nnsight
     except ImportError:
         return {"error": "not installed"}
-    from steerable.offline import smollm2_path
+    from steerable.testing import smollm2_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_path())  # for batching; inputs are ids
     wrapped = nnsight.TransformersModel(model, tokenizer=tokenizer, task="text-generation")
@@ -158,7 +158,7 @@ def lens_model(model: Any) -> Any:
 
     from transformer_lens.model_bridge import TransformerBridge
 
-    from steerable.offline import smollm2_path
+    from steerable.testing import smollm2_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_path())
     folder = tempfile.mkdtemp(prefix="steerable-peers-")
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         model = tiny_llama(4)
     else:
-        from steerable.offline import smollm2_path
+        from steerable.testing import smollm2_path
 
         model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     d, n_layers = model.config.hidden_size, model.config.num_hidden_layers

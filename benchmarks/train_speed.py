@@ -20,8 +20,8 @@ import torch
 import transformers
 
 from steerable import train_steering_vector
-from steerable.datasets import chat_prompt
-from steerable.offline import smollm2, smollm2_path
+from steerable.chat_roles import chat_prompt
+from steerable.testing import smollm2, smollm2_path
 
 DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "caa" / "generate" / "refusal" / "generate_dataset.json"

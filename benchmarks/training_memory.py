@@ -24,7 +24,7 @@ import psutil
 
 
 def pairs(n: int) -> Iterator[tuple[str, str]]:
-    from steerable.datasets import topic_prompts
+    from steerable.research.datasets import topic_prompts
 
     food, other = topic_prompts()
     for k in range(n):
@@ -34,7 +34,7 @@ def pairs(n: int) -> Iterator[tuple[str, str]]:
 def worker(implementation: str, n: int) -> None:
     import torch
 
-    from steerable.offline import smollm2
+    from steerable.testing import smollm2
 
     torch.set_num_threads(2)
     model, tokenizer = smollm2()

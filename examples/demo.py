@@ -10,9 +10,10 @@ import time
 
 import torch
 
-from steerable.datasets import chat_prompt, sentiment_pairs, sentiment_prompts
-from steerable.offline import smollm2
-from steerable.training import train_steering_vector
+from steerable.chat_roles import chat_prompt
+from steerable.research.datasets import sentiment_pairs, sentiment_prompts
+from steerable.testing import smollm2
+from steerable.train.extraction import train_steering_vector
 
 LAYER = 6  # SmolLM2-135M has 30 layers; sentiment steers cleanly early in the stack
 

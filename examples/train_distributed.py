@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from steerable import train_steering_vector
-from steerable.ab import ABItem, ab_pair
-from steerable.offline import smollm2
+from steerable.research.ab import ABItem, ab_pair
+from steerable.testing import smollm2
 
 DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "caa" / "generate" / "refusal" / "generate_dataset.json"

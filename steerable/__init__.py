@@ -1,17 +1,22 @@
 """steerable: steering vectors for Hugging Face transformers, inline in the decoder layers."""
 
+from steerable import _deprecated
+from steerable._runtime.steering import SteeringHandle
 from steerable.architectures import ARCHITECTURES, SITES, ArchitectureSpec, register_architecture
-from steerable.conditions import Condition, find_best_condition_point
-from steerable.learned import Completion, Preference, optimize_steering_vector
+from steerable.conditions import Condition
 from steerable.model import SteerableModel
 from steerable.operators import OPERATORS, Operator, register_operator
 from steerable.per_request import RowSteering
 from steerable.recording import Recording, record_activations
-from steerable.steering import SteeringHandle
-from steerable.training import ContrastivePair, aggregate_activations, extract_activations, train_steering_vector
+from steerable.train.condition_search import find_best_condition_point
+from steerable.train.extraction import aggregate_activations, extract_activations, train_steering_vector
+from steerable.train.learned import Completion, Preference, optimize_steering_vector
+from steerable.train.pairs import ContrastivePair
 from steerable.vectors import SteeringVector
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_deprecated.install()
 
 __all__ = [
     "ARCHITECTURES",

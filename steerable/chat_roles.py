@@ -121,3 +121,11 @@ def role_positions(tokenizer: Any, input_ids: Int[Tensor, "batch seq"], role: Ro
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     tensors = ChatMarkers.from_tokenizer(tokenizer).tensors(role)
     return role_mask(input_ids, tensors["header"], tensors["end"], role)
+
+
+def chat_prompt(tokenizer: Any, user: str) -> str:
+    """``user`` as one chat turn, ending where the assistant's reply starts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return f"Question: {user}\nAnswer:"

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from steerable._runtime.class_swap import original_class, plain_reduction, posing_subclass, set_class
+from steerable._runtime.layer import forget
+from steerable._runtime.stack import SteerableStack, stack_of
+from steerable._runtime.state import ModelState
+from steerable._runtime.steering import Multiplier, SteeringHandle, steer
+from steerable._runtime.step import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.architectures import ArchitectureSpec, get_submodule, resolve_architecture
-from steerable.class_swap import original_class, plain_reduction, posing_subclass, set_class
-from steerable.layers import forget
 from steerable.per_request import RowsHandle, steer_rows
-from steerable.positions import LENGTHS_KWARG, PROMPT_LENGTHS, PositionMode
 from steerable.recording import Recording, record
-from steerable.stack import SteerableStack, stack_of
-from steerable.state import ModelState
-from steerable.steering import Multiplier, SteeringHandle, steer
 from steerable.vectors import SteeringVector
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerable.steering import Multiplier, SteeringHandle
+from steerable._runtime.steering import Multiplier, SteeringHandle
 from steerable.vectors import SteeringVector
 
 

@@ -12,9 +12,9 @@ from einops import repeat
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerable.layers import SteerableLayer, Tap
-from steerable.positions import StepContext, row_columns
-from steerable.state import ModelState, resolve_layers
+from steerable._runtime.layer import SteerableLayer, Tap
+from steerable._runtime.state import ModelState, resolve_layers
+from steerable._runtime.step import StepContext, row_columns
 
 #: The tap scopes open in this thread/task: taps ignore forwards run elsewhere.
 _TAP_SCOPES: ContextVar[tuple[object, ...]] = ContextVar("steerable_tap_scopes", default=())

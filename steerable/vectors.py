@@ -220,7 +220,7 @@ class SteeringVector:
 
     def cosine(self, other: SteeringVector) -> dict[int, float]:
         """Cosine similarity with ``other`` at each layer both hold (for per-row vectors, of the mean row).
-        For every pair of layers, see ``steerable.diagnostics.cosine_matrix``."""
+        For every pair of layers, see ``steerable.research.diagnostics.cosine_matrix``."""
         if not isinstance(other, SteeringVector):
             raise TypeError(f"expected a SteeringVector, got {type(other).__name__}")
         if other.hidden_size != self.hidden_size:
@@ -256,29 +256,29 @@ class SteeringVector:
         save_file(tensors, str(path), metadata=metadata)
 
     def to_gguf(self, path: str | Path, model_hint: str | None = None) -> None:
-        """Write a llama.cpp / repeng GGUF control vector (block site only; see ``steerable.interop``)."""
-        from steerable.interop import to_gguf
+        """Write a llama.cpp / repeng GGUF control vector (block site only; see ``steerable.io.gguf``)."""
+        from steerable.io.gguf import to_gguf
 
         to_gguf(self, path, model_hint)
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> SteeringVector:
         """Read a GGUF control vector: ``direction.i`` steers the output of decoder block ``i``."""
-        from steerable.interop import from_gguf
+        from steerable.io.gguf import from_gguf
 
         return from_gguf(path)
 
     @classmethod
     def from_steering_vectors(cls, obj: Any) -> SteeringVector:
         """Convert a vector of the ``steering-vectors`` library (same layer indices and sites)."""
-        from steerable.interop import from_steering_vectors
+        from steerable.io.other_libraries import from_steering_vectors
 
         return from_steering_vectors(obj)
 
     @classmethod
     def from_repeng(cls, obj: Any) -> SteeringVector:
         """Convert a ``repeng.ControlVector`` (its ``directions[i]`` steer the output of block ``i``)."""
-        from steerable.interop import from_repeng
+        from steerable.io.other_libraries import from_repeng
 
         return from_repeng(obj)
 

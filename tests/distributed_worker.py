@@ -17,9 +17,8 @@ def pairs(n: int) -> list[tuple[str, str]]:
 
 def train(rank: int, world: int, folder: str, n_pairs: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import tiny_model, tiny_tokenizer
-
     from steerable import Completion, SteerableModel, optimize_steering_vector, train_steering_vector
+    from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from helpers import hooked
-from tiny_models import tiny_config
 
 from steerable import SteerableModel, SteeringVector, train_steering_vector
 from steerable.chat_roles import ChatMarkers, role_positions
-from steerable.offline import smollm2_path
+from steerable.testing import smollm2_path
+from steerable.testing.hooks import hooked
+from steerable.testing.tiny_models import tiny_config
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend, how are you?"}],

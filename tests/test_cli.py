@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteeringVector
 from steerable.cli import main
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_train_from_a_caa_file_with_balance_and_diagnose(tiny_dir, tmp_path, cap
     from transformers import AutoTokenizer
 
     from steerable import SteerableModel, train_steering_vector
-    from steerable.ab import ab_pairs, load_ab_dataset
+    from steerable.research.ab import ab_pairs, load_ab_dataset
 
     model, tok = SteerableModel.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
     expected = train_steering_vector(model, tok, ab_pairs(tok, load_ab_dataset(data), balance="swap"), layers=[0, 1])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
 def test_pipeline_text_generation_is_steered() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 import torch._dynamo.testing
-from helpers import left_pad
-from tiny_models import tiny_model
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.hooks import left_pad
+from steerable.testing.tiny_models import tiny_model
 
 IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12]])
 

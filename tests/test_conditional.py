@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo.testing
-from helpers import hooked, left_pad
-from tiny_models import tiny_model
 
 from steerable import Condition, RowSteering, SteerableModel, SteeringVector
-from steerable.conditions import best_threshold, classification, condition_scores, find_best_condition_point
+from steerable.conditions import condition_scores
+from steerable.testing.hooks import hooked, left_pad
+from steerable.testing.tiny_models import tiny_model
+from steerable.train.condition_search import best_threshold, classification, find_best_condition_point
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22], [23, 24]]
 GENERATE = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -178,7 +179,7 @@ def test_the_threshold_helper_recovers_a_planted_threshold() -> None:
 
 
 def test_find_best_condition_point_on_a_separable_topic(model) -> None:
-    from tiny_models import tiny_tokenizer
+    from steerable.testing.tiny_models import tiny_tokenizer
 
     tok = tiny_tokenizer()
     positive = [f"w80 w80 w80 w{20 + k}" for k in range(12)]  # the "topic" is w80

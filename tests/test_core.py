@@ -8,10 +8,10 @@ import inspect
 import pytest
 import torch
 import transformers
-from helpers import hooked, left_pad, position_ids, right_pad, vanilla_layers
-from tiny_models import ARCHS, tiny_model
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.hooks import hooked, left_pad, position_ids, right_pad, vanilla_layers
+from steerable.testing.tiny_models import ARCHS, tiny_model
 
 PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 70, 23, 4]]
 

@@ -7,10 +7,9 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteerableModel, SteeringVector, train_steering_vector
-from steerable.ab import (
+from steerable.research.ab import (
     ABItem,
     LetterImbalanceWarning,
     ab_pairs,
@@ -20,7 +19,8 @@ from steerable.ab import (
     swap_answer_order,
     swap_options,
 )
-from steerable.diagnostics import auc, cosine_matrix, diagnose, project, separation_report
+from steerable.research.diagnostics import auc, cosine_matrix, diagnose, project, separation_report
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
 def items(n: int, matching: str | None = None, start: int = 0) -> list[ABItem]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import left_pad, right_pad
-from tiny_models import tiny_model
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.hooks import left_pad, right_pad
+from steerable.testing.tiny_models import tiny_model
 from steerable.vectors import model_name_of
 
 ROWS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]

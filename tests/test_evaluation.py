@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteerableModel, SteeringVector
-from steerable.evaluation import (
+from steerable.research.evaluation import (
     ab_pairs,
     ab_prompt,
     ab_scores,
@@ -22,7 +21,8 @@ from steerable.evaluation import (
     steerability,
     vader_judge,
 )
-from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
+from steerable.research.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 ITEMS = [
     {

@@ -10,9 +10,9 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 import transformers
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 peft = pytest.importorskip("peft")
 trl = pytest.importorskip("trl")

@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import hooked, left_pad
-from tiny_models import tiny_model
 
 from steerable import ArchitectureSpec, SteerableModel, SteeringVector, register_architecture, train_steering_vector
 from steerable.architectures import ARCHITECTURES
+from steerable.testing.hooks import hooked, left_pad
+from steerable.testing.tiny_models import tiny_model
 
 IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]])
 
@@ -66,7 +66,7 @@ def test_a_registered_custom_site_steers_records_and_trains(pair) -> None:
         with model.record(layers=[1], site="gate") as acts, torch.no_grad():
             model(input_ids=IDS, attention_mask=MASK)
         assert acts[1].shape == (3, 5, 64)
-        from tiny_models import tiny_tokenizer
+        from steerable.testing.tiny_models import tiny_tokenizer
 
         trained = train_steering_vector(model, tiny_tokenizer(), [("w5 w6", "w7 w8")], layers=[1], site="gate")
         assert trained.site == "gate" and trained[1].shape == (64,)
@@ -192,7 +192,7 @@ def test_multiplier_types(pair) -> None:
 
 def test_a_callable_aggregator_of_the_wrong_width_is_refused(pair) -> None:
     _, model = pair
-    from tiny_models import tiny_tokenizer
+    from steerable.testing.tiny_models import tiny_tokenizer
 
     with pytest.raises(ValueError, match=r"layer 1: half returned \[16\]; an aggregator must return a tensor \[32\]"):
         train_steering_vector(model, tiny_tokenizer(), [("w5 w6", "w7 w8")], layers=[1], method=half)

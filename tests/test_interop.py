@@ -8,12 +8,12 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from helpers import hooked
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import tiny_model
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.hooks import hooked
+from steerable.testing.tiny_models import tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 8, 61, 12]])
 

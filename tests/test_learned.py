@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import hooked
 from test_cli import tiny_dir  # noqa: F401 - a fixture
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import Completion, Preference, SteerableModel, SteeringVector, optimize_steering_vector
-from steerable.learned import _objective, encode, sequence_logprobs
+from steerable.testing.hooks import hooked
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
+from steerable.train.learned import _objective, encode, sequence_logprobs
 
 COMPLETIONS = [Completion("w5 w6 w7", "w40 w41"), Completion("w8 w9", "w40 w42 w41"), Completion("w10", "w40 w41")]
 PREFERENCES = [

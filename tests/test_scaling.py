@@ -7,10 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from distributed_worker import pairs, train
-from helpers import left_pad
-from tiny_models import tiny_model, tiny_tokenizer
 
-import steerable.training
+import steerable.train.extraction
 from steerable import (
     Completion,
     SteerableModel,
@@ -19,6 +17,8 @@ from steerable import (
     optimize_steering_vector,
     train_steering_vector,
 )
+from steerable.testing.hooks import left_pad
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_a_generator_equals_a_list_across_chunks(setup, monkeypatch, method) -> 
     model, tok = setup
     data = pairs(11)
     expected = train_steering_vector(model, tok, data, layers=[0, 2], method=method, batch_size=4)
-    monkeypatch.setattr(steerable.training, "CHUNK_PAIRS", 4)  # 11 pairs: chunks of 4, 4 and 3
+    monkeypatch.setattr(steerable.train.extraction, "CHUNK_PAIRS", 4)  # 11 pairs: chunks of 4, 4 and 3
     consumed = []
 
     def generator():

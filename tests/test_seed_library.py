@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers
 from test_training import PAIRS, tokenizer
-from tiny_models import tiny_model
 
 from steerable import SteerableModel, train_steering_vector
+from steerable.testing.tiny_models import tiny_model
 
 sv = pytest.importorskip("steering_vectors")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from test_training import PAIRS, tokenizer
-from tiny_models import tiny_model
 
 from steerable import (
     SteerableModel,
@@ -16,6 +15,7 @@ from steerable import (
     extract_activations,
     train_steering_vector,
 )
+from steerable.testing.tiny_models import tiny_model
 
 sv = pytest.importorskip("steering_vectors")
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])

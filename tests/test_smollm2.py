@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from steerable import SteeringVector, train_steering_vector
-from steerable.datasets import chat_prompt, sentiment_pairs, sentiment_prompts
-from steerable.offline import smollm2
+from steerable.chat_roles import chat_prompt
+from steerable.research.datasets import sentiment_pairs, sentiment_prompts
+from steerable.testing import smollm2
 
 
 @pytest.fixture(scope="module")

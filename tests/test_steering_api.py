@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
-from helpers import hooked
-from tiny_models import tiny_model
 
 from steerable import SITES, ArchitectureSpec, SteerableModel, SteeringVector, register_architecture
 from steerable.architectures import ARCHITECTURES
+from steerable.testing.hooks import hooked
+from steerable.testing.tiny_models import tiny_model
 
 IDS = torch.tensor([[5, 17, 33, 8, 61, 12]])
 

@@ -8,12 +8,18 @@ import pytest
 import torch
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
-from tiny_models import tiny_model, tiny_tokenizer
 
 from steerable import SteerableModel, SteeringVector
-from steerable.ab import ABItem
-from steerable.evaluation import Generation
-from steerable.sweep import bootstrap_ci, plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab
+from steerable.research.ab import ABItem
+from steerable.research.evaluation import Generation
+from steerable.research.sweep import (
+    bootstrap_ci,
+    plot_behaviour_vs_fluency,
+    plot_sweep,
+    summarize_generations,
+    sweep_ab,
+)
+from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 MULTIPLIERS = [-2.0, 0.0, 2.0]
 

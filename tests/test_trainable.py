@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import hooked, left_pad
-from tiny_models import tiny_model
 from torch import nn
 
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.hooks import hooked, left_pad
+from steerable.testing.tiny_models import tiny_model
 
 IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12]])
 TARGET = 7

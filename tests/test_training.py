@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import hooked
-from tiny_models import ARCHS, tiny_model, tiny_tokenizer
 
 from steerable import ContrastivePair, SteerableModel, record_activations, train_steering_vector
-from steerable.layers import SteerableLayer
+from steerable._runtime.layer import SteerableLayer
+from steerable.testing.hooks import hooked
+from steerable.testing.tiny_models import ARCHS, tiny_model, tiny_tokenizer
 
 PAIRS = [
     ("w5 w6 w7 w40", "w5 w6 w7 w41"),

@@ -36,7 +36,7 @@ def _model(name: str | None):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     from steerable.model import SteerableModel
-    from steerable.offline import smollm2
+    from steerable.testing import smollm2
 
     if name is None:
         return smollm2()
@@ -81,16 +81,17 @@ def _read_index(text: str) -> int | slice | str:
 
 
 def _pair_file(args: argparse.Namespace, tokenizer: object) -> object:
-    from steerable.pair_files import load_pair_file
+    from steerable.research.pair_files import load_pair_file
 
     balance = None if args.balance == "none" else args.balance
     return load_pair_file(args.data, tokenizer, args.chat, balance, args.max_pairs)
 
 
 def train(args: argparse.Namespace) -> None:
-    from steerable.datasets import sentiment_pairs, sentiment_preferences
-    from steerable.learned import Completion, Preference, optimize_steering_vector
-    from steerable.training import ContrastivePair, train_steering_vector
+    from steerable.research.datasets import sentiment_pairs, sentiment_preferences
+    from steerable.train.extraction import train_steering_vector
+    from steerable.train.learned import Completion, Preference, optimize_steering_vector
+    from steerable.train.pairs import ContrastivePair
 
     model, tokenizer = _model(args.model)
     layers = _layers(args.layers) or [6]
@@ -102,7 +103,7 @@ def train(args: argparse.Namespace) -> None:
         loaded = _pair_file(args, tokenizer)
         pairs, preferences = loaded.pairs, loaded.preferences  # type: ignore[attr-defined]
         if loaded.items is not None:  # type: ignore[attr-defined]
-            from steerable.ab import letter_counts
+            from steerable.research.ab import letter_counts
 
             print(f"{len(pairs)} A/B pairs; matching letters {letter_counts(loaded.items)}")  # type: ignore[attr-defined]
     if learned:
@@ -173,7 +174,7 @@ def generate(args: argparse.Namespace) -> None:
 
     import torch
 
-    from steerable.datasets import chat_prompt
+    from steerable.chat_roles import chat_prompt
 
     model, tokenizer = _model(args.model)
     vector = load_any(args.vector)
@@ -206,10 +207,16 @@ def generate(args: argparse.Namespace) -> None:
 def sweep(args: argparse.Namespace) -> None:
     import json
 
-    from steerable.ab import ab_pairs, load_ab_dataset
-    from steerable.evaluation import open_ended
-    from steerable.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
-    from steerable.training import train_steering_vector
+    from steerable.research.ab import ab_pairs, load_ab_dataset
+    from steerable.research.evaluation import open_ended
+    from steerable.research.sweep import (
+        plot_behaviour_vs_fluency,
+        plot_sweep,
+        summarize_generations,
+        sweep_ab,
+        write_table,
+    )
+    from steerable.train.extraction import train_steering_vector
 
     multipliers = _numbers(args.multipliers, "--multipliers")
     layers = _layers(args.layers)
@@ -265,8 +272,8 @@ def diagnose(args: argparse.Namespace) -> None:
     import json
     import warnings
 
-    from steerable.ab import LetterImbalanceWarning
-    from steerable.diagnostics import diagnose as run
+    from steerable.research.ab import LetterImbalanceWarning
+    from steerable.research.diagnostics import diagnose as run
 
     model, tokenizer = _model(args.model)
     vector = load_any(args.vector)

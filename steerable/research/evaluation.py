@@ -19,11 +19,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerable.ab import ABItem, ab_pairs, ab_prompt, load_ab_dataset
-from steerable.datasets import chat_prompt
+from steerable.chat_roles import chat_prompt
+from steerable.research.ab import ABItem, ab_pairs, ab_prompt, load_ab_dataset
 from steerable.vectors import SteeringVector
 
-__all__ = ["ABItem", "ab_pairs", "ab_prompt", "load_ab_dataset"]  # A/B data lives in steerable.ab
+__all__ = ["ABItem", "ab_pairs", "ab_prompt", "load_ab_dataset"]  # A/B data lives in steerable.research.ab
 
 
 def _letter_id(tokenizer: Any, prompt: str, letter: str) -> int:

@@ -18,9 +18,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerable.class_swap import plain_reduction, posing_subclass, set_class
+from steerable._runtime.class_swap import plain_reduction, posing_subclass, set_class
+from steerable._runtime.step import CURRENT_STEP, STEP_KWARG, StepContext, rows_for_batch
 from steerable.operators import Add, Operator, for_rows
-from steerable.positions import CURRENT_STEP, STEP_KWARG, StepContext, rows_for_batch
 
 Tap = Callable[[Float[Tensor, "batch seq d_model"], StepContext | None], None]
 FAST_ADD, MASKED_ADD, GENERAL = 0, 1, 2
@@ -134,7 +134,7 @@ class SteerableLayer(nn.Module):
             for field, tensor in tensors.items()
         }
 
-    # -- slots (managed by steerable.steering) -------------------------------------------------
+    # -- slots (managed by steerable._runtime.steering) -------------------------------------------------
     def occupy(
         self, operator: Operator, selection: int | None, tensors: dict[str, Tensor], live: tuple[Tensor, Tensor] | None
     ) -> Slot:

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerable.evaluation import ABItem, Generation, ab_scores, steerability
+from steerable.research.evaluation import ABItem, Generation, ab_scores, steerability
 from steerable.vectors import SteeringVector, model_name_of
 
 

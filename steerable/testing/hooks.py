@@ -12,14 +12,14 @@ from torch import Tensor, nn
 from steerable.architectures import ARCHITECTURES, get_submodule
 
 
-def vanilla_layers(model: nn.Module) -> nn.ModuleList:
+def vanilla_layers(model: Any) -> nn.ModuleList:
     layers = get_submodule(model, ARCHITECTURES[model.config.model_type].layers)
     assert isinstance(layers, nn.ModuleList)
     return layers
 
 
 @contextmanager
-def hooked(model: nn.Module, edits: dict[int, Callable[[Tensor], Tensor]], site: str = "block") -> Iterator[None]:
+def hooked(model: Any, edits: dict[int, Callable[[Tensor], Tensor]], site: str = "block") -> Iterator[None]:
     """Edit the output of decoder layer (or its ``site`` sub-module) i with edits[i], via forward hooks."""
     handles = []
     for index, edit in edits.items():

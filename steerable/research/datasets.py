@@ -6,19 +6,12 @@ import json
 from importlib import resources
 from typing import Any
 
-from steerable.training import ContrastivePair
+from steerable.chat_roles import chat_prompt
+from steerable.train.pairs import ContrastivePair
 
 
 def _load(name: str) -> Any:
     return json.loads(resources.files("steerable.data").joinpath(name).read_text(encoding="utf-8"))
-
-
-def chat_prompt(tokenizer: Any, user: str) -> str:
-    """``user`` as one chat turn, ending where the assistant's reply starts."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": user}]
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return f"Question: {user}\nAnswer:"
 
 
 def sentiment_pairs(tokenizer: Any) -> list[ContrastivePair]:
@@ -40,7 +33,7 @@ def sentiment_pairs(tokenizer: Any) -> list[ContrastivePair]:
 
 def sentiment_preferences(tokenizer: Any) -> list[Any]:
     """The same data as (chat prompt, positive reply, negative reply) preferences, for learned vectors."""
-    from steerable.learned import Preference
+    from steerable.train.learned import Preference
 
     return [
         Preference(chat_prompt(tokenizer, item["prompt"]), item["positive"], item["negative"])

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from steerable.datasets import chat_prompt
-from steerable.training import ContrastivePair
+from steerable.chat_roles import chat_prompt
+from steerable.train.pairs import ContrastivePair
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from steerable.class_swap import plain_reduction
-from steerable.positions import CURRENT_STEP, LENGTHS_KWARG, STEP_KWARG
-from steerable.state import ModelState  # at run time: transformers evaluates the annotations
+from steerable._runtime.class_swap import plain_reduction
+from steerable._runtime.state import ModelState  # at run time: transformers evaluates the annotations
+from steerable._runtime.step import CURRENT_STEP, LENGTHS_KWARG, STEP_KWARG
 
 
 class SteerableStack(nn.Module):

@@ -1,11 +1,8 @@
-"""Other formats and libraries: GGUF control vectors (llama.cpp, repeng) and the vectors of
-``steering-vectors`` and ``repeng``, mapped to this package's layer and site conventions.
+"""GGUF control vectors, the file format of llama.cpp (``--control-vector``) and repeng.
 
-Layer conventions, all meaning "added to the output of decoder block i (0-based)":
-- GGUF control vectors: tensor ``direction.{i}``. llama.cpp adds it after block i's residual add, at
-  every token; it rejects ``direction.0``, so block 0 cannot be expressed.
-- steering-vectors: ``layer_activations[i]`` with ``layer_type`` naming the site of block i.
-- repeng: ``directions[i]``; its ``ControlModel`` adds them to the output of block i.
+Layer convention: tensor ``direction.{i}`` is added to the output of decoder block i (0-based), after
+the block's residual add, at every token. llama.cpp rejects ``direction.0``, so block 0 cannot be
+expressed.
 """
 
 from __future__ import annotations
@@ -20,15 +17,6 @@ from steerable.vectors import SteeringVector
 
 #: SteeringVector metadata kept in a GGUF file, as ``steerable.<name>`` keys beside llama.cpp's
 GGUF_METADATA = ("model_name", "method", "description")
-
-# steering-vectors' layer_type -> our site
-SEED_SITES = {
-    "decoder_block": "block",
-    "self_attn": "attn",
-    "mlp": "mlp",
-    "input_layernorm": "input_norm",
-    "post_attention_layernorm": "post_attn_norm",
-}
 
 
 def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None) -> None:
@@ -127,31 +115,3 @@ def _string_field(reader: Any, key: str, name: str = "") -> str | None:
         raise ValueError(
             f"{name}: the {key} field is not valid UTF-8 text ({error.reason} at byte {error.start})"
         ) from None
-
-
-def from_steering_vectors(obj: Any) -> SteeringVector:
-    """Convert a ``steering_vectors.SteeringVector`` (``layer_activations``, ``layer_type``)."""
-    layer_type = getattr(obj, "layer_type", "decoder_block")
-    if layer_type not in SEED_SITES:
-        raise ValueError(f"steering-vectors layer_type {layer_type!r} has no site here; known: {list(SEED_SITES)}")
-    activations = getattr(obj, "layer_activations", None)
-    if not isinstance(activations, dict):
-        raise TypeError("expected a steering_vectors.SteeringVector with a layer_activations dict")
-    return SteeringVector(
-        {int(k): v.detach().clone() for k, v in activations.items()},
-        site=SEED_SITES[layer_type],
-        description="imported from steering-vectors",
-    )
-
-
-def from_repeng(obj: Any) -> SteeringVector:
-    """Convert a ``repeng.ControlVector`` (``model_type``, ``directions: dict[int, ndarray]``)."""
-    directions = getattr(obj, "directions", None)
-    if not isinstance(directions, dict):
-        raise TypeError("expected a repeng.ControlVector with a directions dict")
-    return SteeringVector(
-        {int(k): torch.as_tensor(np.asarray(v, dtype=np.float32)).clone() for k, v in directions.items()},
-        site="block",
-        model_type=getattr(obj, "model_type", None),
-        description="imported from repeng",
-    )

@@ -24,8 +24,9 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from steerable.ab import ABItem, ab_pairs, letter_counts
-from steerable.training import ContrastivePair, ReadIndex, aggregate_activations, extract_activations
+from steerable.research.ab import ABItem, ab_pairs, letter_counts
+from steerable.train.extraction import aggregate_activations, extract_activations
+from steerable.train.pairs import ContrastivePair, ReadIndex
 from steerable.vectors import SteeringVector
 
 #: A vector whose cosine with the letter direction is at least this (in size) is letter-driven.

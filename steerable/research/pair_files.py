@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerable.ab import ABItem, Balance, ab_pair, ab_prompt, balanced, load_ab_dataset
-from steerable.datasets import chat_prompt
-from steerable.learned import Preference
-from steerable.training import ContrastivePair
+from steerable.chat_roles import chat_prompt
+from steerable.research.ab import ABItem, Balance, ab_pair, ab_prompt, balanced, load_ab_dataset
+from steerable.train.learned import Preference
+from steerable.train.pairs import ContrastivePair
 
 _AB_KEYS = {"question", "answer_matching_behavior", "answer_not_matching_behavior"}
 

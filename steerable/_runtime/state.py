@@ -1,6 +1,6 @@
 """What a steerable model keeps: its layers, its decoder stack, the applied steerings and the token
 selections they use. Nothing here describes one forward call (that travels with the call, see
-``steerable.positions``); this is changed only by ``steer``, ``remove`` and ``record``, under a lock.
+``steerable._runtime.step``); this is changed only by ``steer``, ``remove`` and ``record``, under a lock.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
-from steerable.layers import Probe, Slot, SteerableLayer, make_steerable, restore
-from steerable.positions import (
+from steerable._runtime.layer import Probe, Slot, SteerableLayer, make_steerable, restore
+from steerable._runtime.step import (
     PROMPT_LENGTHS,
     Selection,
     StepContext,
@@ -24,9 +23,10 @@ from steerable.positions import (
     past_length,
     selection_mask,
 )
+from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
 
 if TYPE_CHECKING:
-    from steerable.steering import SteeringHandle
+    from steerable._runtime.steering import SteeringHandle
 
 
 @dataclass(eq=False)

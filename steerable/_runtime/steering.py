@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steerable import conditions
+import steerable.conditions as conditions
+from steerable._runtime.layer import Probe, Slot, SteerableLayer
+from steerable._runtime.state import ModelState, reference_tensor, resolve_layers
+from steerable._runtime.step import PositionMode, Selection
 from steerable.architectures import SITES
 from steerable.chat_roles import ROLES, ChatMarkers
-from steerable.layers import Probe, Slot, SteerableLayer
 from steerable.operators import Operator, for_rows, resolve_operator
-from steerable.positions import PositionMode, Selection
-from steerable.state import ModelState, reference_tensor, resolve_layers
 from steerable.vectors import SteeringVector
 
 Multiplier = float | Tensor

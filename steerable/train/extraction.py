@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerable.aggregators import AGGREGATORS, Aggregator
 from steerable.chat_roles import ROLES, ChatMarkers, role_mask
-from steerable.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
-from steerable.read_store import ReadStore
+from steerable.train.aggregators import AGGREGATORS, Aggregator
+from steerable.train.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
+from steerable.train.pairs import ContrastivePair, ReadIndex
+from steerable.train.read_store import ReadStore
 from steerable.vectors import SteeringVector, model_name_of
-
-#: Where to read a text: a token index (negative from the end of the unpadded text), a ``slice``
-#: of token indices (activations averaged over the span), a chat role (``"assistant"``,
-#: ``"last_user_turn"``: that turn's tokens, averaged), or a callable on the text returning one.
-ReadIndex = int | slice | str | Callable[[str], int | slice | str]
-
-
-@dataclass(frozen=True)
-class ContrastivePair:
-    """A positive and a negative text; per-pair read indices override the ``read_token_index`` default."""
-
-    positive: str
-    negative: str
-    read_positive_token_index: int | slice | str | None = None
-    read_negative_token_index: int | slice | str | None = None
 
 
 class _StopForward(Exception):
@@ -61,13 +46,13 @@ def train_steering_vector(
     """Train a steering vector on ``pairs`` at ``layers`` (default: all) of a steerable ``model``.
 
     ``method``: ``"mean"`` (CAA: mean of positive minus negative), ``"pca_diff"``, ``"pca_center"``,
-    ``"logistic"`` (see ``steerable.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
+    ``"logistic"`` (see ``steerable.train.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
     Results do not depend on ``batch_size`` or the tokenizer's padding side. ``pairs`` may be any
     iterable (a generator over a file, a streaming dataset); it is read in chunks, never materialised.
     ``mean`` keeps O(layers x d) state; the other methods keep each pair's reads at the read positions
     only, on the CPU, or in memory-mapped files in ``offload_dir``. ``move_to_cpu``: keep ``mean``'s
     running sums on the CPU. Under torch.distributed (``torchrun``, accelerate) each rank reads its
-    share and every rank returns the same vector (see ``steerable.distributed``).
+    share and every rank returns the same vector (see ``steerable.train.distributed``).
     """
     import shutil
     import tempfile
@@ -212,11 +197,11 @@ def _collect(
     or (positive ``[n_pairs, d]``, negative ``[n_pairs, d]``) reads, in the pairs' order.
 
     ``pairs`` may be any iterable (a generator over a file, a streaming dataset): it is read in chunks
-    of ``CHUNK_PAIRS``. Under torch.distributed each rank runs its share (see ``steerable.distributed``)
+    of ``CHUNK_PAIRS``. Under torch.distributed each rank runs its share (see ``steerable.train.distributed``)
     and every rank returns the combined result."""
+    from steerable._runtime.state import resolve_layers
     from steerable.model import SteerableModel
     from steerable.recording import taps_installed
-    from steerable.state import resolve_layers
 
     if not isinstance(model, SteerableModel):
         raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")

@@ -30,7 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from steerable.distributed import all_reduce_sum, rank_and_world
+from steerable.train.distributed import all_reduce_sum, rank_and_world
 from steerable.vectors import SteeringVector, model_name_of
 
 

@@ -1,0 +1,2 @@
+"""Vector files in other formats: GGUF control vectors and other libraries' vectors (this package's
+safetensors format lives with ``SteeringVector``)."""
