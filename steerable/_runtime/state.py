@@ -24,6 +24,7 @@ from steerable._runtime.step import (
     selection_mask,
 )
 from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
+from steerable.devices import module_device, reference_tensor
 
 if TYPE_CHECKING:
     from steerable._runtime.steering import SteeringHandle
@@ -104,7 +105,7 @@ class ModelState:
                 number, selection.mode, {k: f"steering_selection_{number}_{k}" for k in tensors}, signature
             )
             self.selection_slots.append(slot)
-        device = _reference_device(self.stack)
+        device = module_device(self.stack)
         for key, tensor in tensors.items():
             self.stack.register_buffer(slot.names[key], tensor.to(device), persistent=False)
         slot.gate = gate
@@ -246,18 +247,3 @@ def resolve_layers(state: ModelState, layers: list[int]) -> list[tuple[int, int]
             raise ValueError(f"layer {layer} and layer {index} name the same decoder layer; give it once")
         resolved.append((layer, index))
     return resolved
-
-
-def reference_tensor(module: nn.Module) -> Tensor:
-    """A floating-point parameter or buffer of ``module``: its device and dtype are the layer's.
-
-    Offloaded weights (accelerate) sit on the meta device; then the steering stays in fp32 on the
-    CPU and the forward moves it to wherever the hidden states are."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.is_floating_point() and tensor.device.type != "meta":
-            return tensor
-    return torch.empty(0)
-
-
-def _reference_device(module: nn.Module) -> torch.device:
-    return reference_tensor(module).device
