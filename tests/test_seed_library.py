@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from test_training import PAIRS, tokenizer
+from test_train_extraction import PAIRS, tokenizer
 
 from steerable import SteerableModel, train_steering_vector
 from steerable.testing.tiny_models import tiny_model

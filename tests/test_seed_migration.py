@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import PAIRS, tokenizer
+from test_train_extraction import PAIRS, tokenizer
 
 from steerable import (
     SteerableModel,

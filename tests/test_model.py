@@ -1,12 +1,14 @@
-"""The wrapped model behaves as the vanilla one in the tools users already have."""
+"""SteerableModel: wrap/unwrap, class identity, pickling and saving, devices, and the wrapped model in users' tools."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers
+from distributed_worker import pairs
 
-from steerable import SteerableModel, SteeringVector
+from steerable import SteerableModel, SteeringVector, train_steering_vector
+from steerable.testing.hooks import left_pad
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
@@ -80,3 +82,67 @@ def test_accelerate_offload_hooks_still_reach_the_steerable_forward() -> None:
     with torch.no_grad(), model.steer(vec, 1.0):
         got = model(ids).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# -- a model split over devices ------------------------------------------------------------------
+def split_maps() -> list[dict[str, str]]:
+    maps = [
+        {
+            "model.embed_tokens": "cpu",
+            "model.layers.0": "cpu",
+            "model.layers.1": "disk",
+            "model.layers.2": "cpu",
+            "model.norm": "cpu",
+            "model.rotary_emb": "cpu",
+            "lm_head": "cpu",
+        }
+    ]
+    if torch.cuda.is_available():
+        maps.append(
+            {
+                "model.embed_tokens": "cpu",
+                "model.layers.0": "cpu",
+                "model.layers.1": 0,
+                "model.layers.2": 0,
+                "model.norm": 0,
+                "model.rotary_emb": 0,
+                "lm_head": 0,
+            }
+        )
+    return maps
+
+
+@pytest.mark.parametrize("device_map", split_maps(), ids=lambda m: "cpu+disk" if "disk" in m.values() else "cpu+cuda")
+def test_a_model_split_over_devices_equals_one_device(tmp_path, device_map) -> None:
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    single = SteerableModel.from_pretrained(tmp_path / "model", attn_implementation="eager").eval()
+    split = SteerableModel.from_pretrained(
+        tmp_path / "model", device_map=device_map, offload_folder=str(tmp_path / "offload"), attn_implementation="eager"
+    ).eval()
+    tok = tiny_tokenizer()
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]])
+    vector = SteeringVector(
+        {layer: torch.randn(32, generator=torch.Generator().manual_seed(layer)) for layer in range(3)}
+    )
+    results = []
+    for model in (single, split):
+        with torch.no_grad():
+            with model.steer(vector, 2.0, min_token_index=1):
+                logits = model(input_ids=ids, attention_mask=mask).logits.cpu()
+                tokens = model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0
+                )
+            with model.record(layers=[0, 1, 2], to_cpu=True) as recording:
+                model(input_ids=ids, attention_mask=mask)
+        trained = train_steering_vector(model, tok, pairs(5), layers=[0, 1, 2], method="pca_diff")
+        results.append((logits, tokens.cpu(), {k: v for k, v in recording.items()}, trained))
+    (l1, t1, r1, v1), (l2, t2, r2, v2) = results
+    torch.testing.assert_close(l2, l1, rtol=0, atol=1e-5)
+    assert torch.equal(t1, t2)
+    for layer in range(3):
+        torch.testing.assert_close(r2[layer], r1[layer], rtol=0, atol=1e-5)
+        torch.testing.assert_close(v2[layer], v1[layer], rtol=0, atol=1e-5)
+    with split.steer(vector, 1.0):  # each steering buffer sits on its layer's device (offloaded layers: cpu)
+        for layer, module in enumerate(split.steerable_layers):
+            placed = {b.device.type for name, b in module.named_buffers() if name.startswith("steering_")}
+            assert placed == {"cuda" if device_map[f"model.layers.{layer}"] == 0 else "cpu"}

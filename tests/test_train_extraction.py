@@ -1,11 +1,13 @@
-"""train_steering_vector and record: values against independent computations and the seed library."""
+"""train_steering_vector and extract_activations: reads, aggregators, batching, large data and bad input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from distributed_worker import pairs
 
-from steerable import ContrastivePair, SteerableModel, record_activations, train_steering_vector
+import steerable.train.extraction
+from steerable import ContrastivePair, SteerableModel, extract_activations, train_steering_vector
 from steerable._runtime.layer import SteerableLayer
 from steerable.testing.hooks import hooked
 from steerable.testing.tiny_models import ARCHS, tiny_model, tiny_tokenizer
@@ -175,38 +177,6 @@ def test_bad_input(kwargs, error, message) -> None:
         train_steering_vector(tiny_model("llama"), tokenizer(), PAIRS, layers=[1])
 
 
-def test_record_equals_output_hidden_states_and_follows_generate() -> None:
-    model = SteerableModel.wrap(tiny_model("llama"))
-    tok = tokenizer()
-    encoded = tok(["w5 w6 w7 w8", "w9 w10"], return_tensors="pt", padding=True)
-    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-    with torch.no_grad():
-        hidden = model(**batch, output_hidden_states=True).hidden_states
-    with model.record(layers=[0, -2]) as acts:
-        with torch.no_grad():
-            model(**batch)
-    assert acts.keys() == [0, -2]
-    assert torch.equal(acts[0], hidden[1]) and torch.equal(acts[-2], hidden[2])  # hidden[3] is normed
-    assert acts.positions[0].tolist() == [[0, 1, 2, 3], [-1, -1, 0, 1]]
-    mlp = record_activations(model, dict(batch), layers=[1], site="mlp", positions=[-1], to_cpu=True)
-    assert mlp[1].shape == (2, 1, 32)
-    with model.record(layers=[1]) as steps:
-        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=0)
-    assert len(steps.steps) == 3  # the prompt, then one forward per generated token after the first
-    assert [p.tolist() for p in steps.positions[1:]] == [[[4], [2]], [[5], [3]]]
-    full_mask = torch.cat([batch["attention_mask"], torch.ones(2, 2, dtype=torch.long)], 1)
-    with torch.no_grad():
-        full = model(
-            out[:, :-1],
-            attention_mask=full_mask,
-            position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
-            output_hidden_states=True,
-        ).hidden_states[2]
-    real = full_mask.bool()  # padding activations are meaningless
-    torch.testing.assert_close(steps[1][real], full[real], rtol=0, atol=1e-5)
-    assert not any(isinstance(layer, SteerableLayer) for layer in model.steerable_layers)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shared_prefix_path_equals_reference_on_every_architecture(arch: str) -> None:
     """Most PAIRS share a prompt prefix, which runs once through the KV cache; the rest run plain."""
@@ -220,3 +190,48 @@ def test_shared_prefix_path_equals_reference_on_every_architecture(arch: str) ->
         else:
             one = train_steering_vector(model, tokenizer(), PAIRS, layers=[0, 1], batch_size=1, method=method)
             torch.testing.assert_close(vec[1], one[1], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return SteerableModel.wrap(tiny_model("llama")), tiny_tokenizer()
+
+
+@pytest.mark.parametrize("method", ["mean", "pca_diff", "logistic"])
+def test_a_generator_equals_a_list_across_chunks(setup, monkeypatch, method) -> None:
+    model, tok = setup
+    data = pairs(11)
+    expected = train_steering_vector(model, tok, data, layers=[0, 2], method=method, batch_size=4)
+    monkeypatch.setattr(steerable.train.extraction, "CHUNK_PAIRS", 4)  # 11 pairs: chunks of 4, 4 and 3
+    consumed = []
+
+    def generator():
+        for pair in data:
+            consumed.append(pair)
+            yield pair
+
+    got = train_steering_vector(model, tok, generator(), layers=[0, 2], method=method, batch_size=4)
+    assert consumed == data
+    for layer in (0, 2):
+        torch.testing.assert_close(got[layer], expected[layer], rtol=0, atol=1e-6)
+
+
+def test_reads_in_memory_mapped_files_equal_reads_in_memory(setup, tmp_path) -> None:
+    model, tok = setup
+    data = pairs(9)
+    positive, negative = extract_activations(model, tok, data, layers=[1, 2])
+    mapped_pos, mapped_neg = extract_activations(model, tok, data, layers=[1, 2], offload_dir=tmp_path / "reads")
+    for layer in (1, 2):
+        assert torch.equal(mapped_pos[layer], positive[layer]) and torch.equal(mapped_neg[layer], negative[layer])
+    assert sorted(p.name for p in (tmp_path / "reads").iterdir())[:2] == ["layer1_negative.f32", "layer1_positive.f32"]
+    assert (tmp_path / "reads" / "layer1_positive.f32").stat().st_size == 9 * 32 * 4  # reads only, [n, d] fp32
+    expected = train_steering_vector(model, tok, data, layers=[1], method="pca_center")
+    got = train_steering_vector(model, tok, data, layers=[1], method="pca_center", offload_dir=tmp_path)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-6)
+    assert list(tmp_path.iterdir()) == [tmp_path / "reads"]  # training's scratch files are removed
+
+
+def test_an_empty_iterable_is_a_clear_error(setup) -> None:
+    model, tok = setup
+    with pytest.raises(ValueError, match="pairs is empty"):
+        train_steering_vector(model, tok, iter([]), layers=[0])

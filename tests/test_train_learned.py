@@ -1,5 +1,4 @@
-"""Learned steering vectors: the likelihood and BiPO objectives (BiPO checked against a hand
-computation with forward hooks), user losses, options, and the CLI."""
+"""optimize_steering_vector: likelihood and BiPO objectives, options and the CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 from steerable.train.learned import _objective, encode, sequence_logprobs
 
 COMPLETIONS = [Completion("w5 w6 w7", "w40 w41"), Completion("w8 w9", "w40 w42 w41"), Completion("w10", "w40 w41")]
+
+
 PREFERENCES = [
     Preference("w5 w6 w7", "w40 w41", "w50 w51 w52"),
     Preference("w8 w9", "w40 w42", "w50"),

@@ -1,6 +1,4 @@
-"""Conditional steering (CAST) and per-request steering: a mixed batch equals each row run alone, the
-decision is made on the prompt and held while decoding, compiled models do not recompile per outcome,
-and bad conditions are refused before the model is touched."""
+"""Conditional steering: condition algebra, decisions on the prompt, compile, gradients and bad conditions."""
 
 from __future__ import annotations
 
@@ -8,13 +6,14 @@ import pytest
 import torch
 import torch._dynamo.testing
 
-from steerable import Condition, RowSteering, SteerableModel, SteeringVector
+from steerable import Condition, SteerableModel, SteeringVector
 from steerable.conditions import condition_scores
 from steerable.testing.hooks import hooked, left_pad
 from steerable.testing.tiny_models import tiny_model
-from steerable.train.condition_search import best_threshold, classification, find_best_condition_point
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22], [23, 24]]
+
+
 GENERATE = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
 
 
@@ -162,98 +161,6 @@ def test_bad_conditions_are_refused_and_leave_the_model_untouched(model, change,
     assert not model.is_steering and model._steerable.deciding == 0 and not model._steerable.selections
     with pytest.raises(TypeError, match="conditions combine with conditions"):
         Condition(**base) & "rows"
-
-
-def test_the_threshold_helper_recovers_a_planted_threshold() -> None:
-    generator = torch.Generator().manual_seed(0)
-    positive = 0.3 + 0.5 * torch.rand(40, generator=generator)
-    negative = 0.3 - 0.5 * torch.rand(40, generator=generator)
-    scores, labels = torch.cat([positive, negative]), torch.tensor([True] * 40 + [False] * 40)
-    threshold, comparator, f1 = best_threshold(scores, labels)
-    assert comparator == ">" and f1 == 1.0 and float(negative.max()) < threshold < float(positive.min())
-    threshold, comparator, f1 = best_threshold(scores, ~labels)
-    assert comparator == "<" and f1 == 1.0
-    assert classification(torch.tensor([True, True, False]), torch.tensor([True, False, True])) == pytest.approx(
-        {"precision": 0.5, "recall": 0.5, "f1": 0.5}
-    )
-
-
-def test_find_best_condition_point_on_a_separable_topic(model) -> None:
-    from steerable.testing.tiny_models import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    positive = [f"w80 w80 w80 w{20 + k}" for k in range(12)]  # the "topic" is w80
-    negative = [f"w81 w81 w81 w{20 + k}" for k in range(12)]
-    from steerable import train_steering_vector
-
-    topic = train_steering_vector(
-        model, tok, list(zip(positive, negative, strict=True)), layers=[0, 1], read_token_index=slice(0, None)
-    )
-    search = find_best_condition_point(model, tok, positive, negative, topic, held_out=0.25, seed=0)
-    assert search.condition.layer in (0, 1) and search.train["f1"] == 1.0
-    assert set(search.held_out) == {"precision", "recall", "f1"} and search.held_out["f1"] > 0.8
-    assert [(r["layer"], r["comparator"]) for r in search.table] == [(0, ">"), (0, "<"), (1, ">"), (1, "<")]
-
-
-# -- per-request steering ---------------------------------------------------------------------
-def requests(model) -> tuple[list, list]:
-    """Five rows: two plain adds (fused), an ablation at another layer, nothing, a conditional clamp on
-    generated tokens; and each row's own steering for the oracle."""
-    condition, _ = median_condition(model)
-    own = [
-        dict(vector=SteeringVector({1: direction(11)}), multiplier=2.0),
-        dict(vector=SteeringVector({0: direction(12), -1: direction(13)}), multiplier=-1.5),
-        dict(vector=SteeringVector({2: direction(14)}), multiplier=1.0, operator="ablate"),
-        None,
-        dict(vector=behaviour(), multiplier=0.5, operator="clamp", positions="generated", condition=condition),
-    ]
-    rows = [RowSteering(**s) if s is not None else None for s in own]
-    rows[0] = own[0]["vector"] * 2.0  # a bare vector is a request too
-    return rows, own
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_per_request_rows_equal_each_row_alone(model, use_cache) -> None:
-    rows, own = requests(model)
-    with model.steer_rows(rows) as handle:
-        logits, tokens, mask = batched(model, use_cache=use_cache, **GENERATE)
-        assert len(handle.handles) == 3  # the two adds share one fused steering
-    assert not model.is_steering
-    for k, row in enumerate(ROWS):
-        want_logits, want_tokens = alone(model, row, own[k], use_cache=use_cache, **GENERATE)
-        torch.testing.assert_close(logits[k][mask[k].bool()], want_logits, rtol=0, atol=1e-5)
-        assert torch.equal(tokens[k], want_tokens), k
-
-
-def test_per_request_rows_repeat_with_their_prompt_in_generate(model) -> None:
-    rows, own = requests(model)
-    ids, mask = left_pad(ROWS)
-    beams = dict(GENERATE, num_beams=2, num_return_sequences=2)
-    with torch.no_grad(), model.steer_rows(rows):
-        out = model.generate(input_ids=ids, attention_mask=mask, **beams)
-    for k, row in enumerate(ROWS):
-        with torch.no_grad():
-            ids_alone = torch.tensor([row])
-            run = dict(input_ids=ids_alone, attention_mask=torch.ones_like(ids_alone), **beams)
-            if own[k] is None:
-                want = model.generate(**run)[:, len(row) :]
-            else:
-                with model.steer(**own[k]):
-                    want = model.generate(**run)[:, len(row) :]
-        got = out[2 * k : 2 * k + 2, ids.shape[1] :]
-        assert torch.equal(got[:, : want.shape[1]], want), k
-
-
-def test_bad_requests_name_the_problem(model) -> None:
-    with pytest.raises(ValueError, match="requests is empty"):
-        model.steer_rows([])
-    with pytest.raises(TypeError, match="request 1 must be a RowSteering, a SteeringVector or None"):
-        model.steer_rows([None, "vector"])
-    with pytest.raises(ValueError, match="hidden size 16 but the model's is 32"):
-        model.steer_rows(
-            [SteeringVector({0: torch.randn(32)}), RowSteering(SteeringVector({0: torch.randn(16)}), operator="ablate")]
-        )
-    assert not model.is_steering
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
