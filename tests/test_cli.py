@@ -217,3 +217,22 @@ def test_sweep_end_to_end(tiny_dir, tmp_path, capsys) -> None:
     assert "most steerable layer" in capsys.readouterr().out
     assert main(["sweep", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.json")]) == 2
     assert "steerable sweep: error:" in capsys.readouterr().err
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _write(tmp_path, tensors, **metadata):
+    from safetensors.torch import save_file
+
+    base = {"format": "steerable.steering_vector", "format_version": "1", "site": "block", "hidden_size": "4"}
+    path = tmp_path / "v.safetensors"
+    save_file(tensors, str(path), metadata={**base, **metadata})
+    return path
+
+
+def test_the_cli_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, capsys) -> None:
+    from steerable.cli import main
+
+    path = _write(tmp_path, {"layer.1": torch.zeros(4, dtype=torch.float8_e4m3fn)}, layers="[1]", dtype="float8_e4m3fn")
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steerable info: error: v.safetensors:") and "\n" not in err

@@ -76,3 +76,51 @@ def test_bad_gguf_files(tmp_path) -> None:
             SteeringVector.from_gguf(tmp_path / "cv.gguf")
     with pytest.raises(FileNotFoundError):
         SteeringVector.from_gguf(tmp_path / "missing.gguf")
+
+
+def _gguf(tmp_path, tensors, hint: bytes | str = "llama"):
+    import gguf
+
+    path = tmp_path / "v.gguf"
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", hint)  # type: ignore[arg-type]
+    writer.add_uint32("controlvector.layer_count", len(tensors))
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_bad_gguf_directions_and_hints(tmp_path) -> None:
+    flat = np.zeros(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="one 1-D direction per layer"):
+        SteeringVector.from_gguf(_gguf(tmp_path, {"direction.1": np.zeros((2, 4), dtype=np.float32)}))
+    with pytest.raises(ValueError, match="'direction.1' and 'direction.01' both give layer 1"):
+        SteeringVector.from_gguf(_gguf(tmp_path, {"direction.1": flat, "direction.01": flat}))
+    with pytest.raises(ValueError, match="v.gguf: the controlvector.model_hint field is not valid UTF-8"):
+        SteeringVector.from_gguf(_gguf(tmp_path, {"direction.1": flat}, hint=b"\xff\xfe"))
+
+
+def test_gguf_keeps_method_model_name_and_description(tmp_path) -> None:
+    v = SteeringVector(
+        {1: torch.randn(8), 2: torch.randn(8)},
+        model_type="llama",
+        model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        method="pca_diff",
+        description="refusal, balanced A/B",
+    )
+    v.to_gguf(tmp_path / "v.gguf")
+    back = SteeringVector.from_gguf(tmp_path / "v.gguf")
+    assert (back.model_type, back.model_name, back.method, back.description) == (
+        "llama",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "pca_diff",
+        "refusal, balanced A/B",
+    )
+    import gguf
+
+    reader = gguf.GGUFReader(str(tmp_path / "v.gguf"))
+    assert reader.get_field("controlvector.layer_count") is not None  # llama.cpp's keys are still there

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+
 import pytest
 import torch
 import transformers
@@ -9,7 +12,7 @@ from distributed_worker import pairs
 
 from steerable import SteerableModel, SteeringVector, train_steering_vector
 from steerable.testing.hooks import left_pad
-from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
+from steerable.testing.tiny_models import ARCHS, tiny_model, tiny_tokenizer
 
 
 def test_pipeline_text_generation_is_steered() -> None:
@@ -146,3 +149,74 @@ def test_a_model_split_over_devices_equals_one_device(tmp_path, device_map) -> N
         for layer, module in enumerate(split.steerable_layers):
             placed = {b.device.type for name, b in module.named_buffers() if name.startswith("steering_")}
             assert placed == {"cuda" if device_map[f"model.layers.{layer}"] == 0 else "cpu"}
+
+
+PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 70, 23, 4]]
+
+
+def random_vector(layers: list[int], d: int = 32, seed: int = 1, scale: float = 1.0) -> SteeringVector:
+    generator = torch.Generator().manual_seed(seed)
+    return SteeringVector({i: scale * torch.randn(d, generator=generator) for i in layers})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_pretrained_loads_in_plain_transformers(arch: str, tmp_path) -> None:
+    model = SteerableModel.wrap(tiny_model(arch))
+    ids = torch.tensor([PROMPTS[0]])
+    with model.steer(random_vector([1]), 4.0):  # steering is never saved
+        model.save_pretrained(tmp_path)
+    expected = model(ids).logits
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert not isinstance(loaded, SteerableModel)
+    assert type(loaded).__name__ == type(model).__name__
+    assert loaded.config.architectures == [type(model).__name__]
+    assert torch.equal(loaded(ids).logits, expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unwrap_restores_original_classes_and_outputs(arch: str) -> None:
+    vanilla = tiny_model(arch)
+    ids = torch.tensor([PROMPTS[1]])
+    expected = vanilla(ids).logits
+    classes = {name: type(m) for name, m in vanilla.named_modules()}
+    model = SteerableModel.wrap(tiny_model(arch))
+    assert SteerableModel.wrap(model) is model  # wrapping twice is a no-op
+    vec = random_vector([0, 1, 2])
+    model.steer(vec, 3.0, min_token_index=1)
+    model.steer(SteeringVector({1: vec[1]}, site="mlp"), 1.0)
+    restored = SteerableModel.unwrap(model)
+    assert restored is model
+    assert {name: type(m) for name, m in model.named_modules()} == classes
+    assert not any(name.startswith("steering_") for name, _ in model.named_buffers())
+    assert not hasattr(model, "steer")
+    assert torch.equal(model(ids).logits, expected)
+
+
+IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]])
+
+
+@pytest.fixture
+def pair():
+    return tiny_model("llama"), SteerableModel.wrap(tiny_model("llama"))
+
+
+def logits(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kwargs).logits
+
+
+def test_pickle_and_torch_save_store_the_plain_model_which_re_wraps(pair) -> None:
+    vanilla, model = pair
+    with model.steer(SteeringVector({1: torch.randn(32)}), 2.0, min_token_index=1):
+        blob = pickle.dumps(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+    plain = pickle.loads(blob)
+    assert type(plain) is type(vanilla) and type(plain.model.layers[1]) is type(vanilla.model.layers[1])
+    assert not any("steering" in name for name, _ in plain.named_buffers())
+    assert torch.equal(logits(plain), logits(vanilla))
+    buffer.seek(0)
+    again = SteerableModel.wrap(torch.load(buffer, weights_only=False))
+    v = SteeringVector({1: torch.randn(32)})
+    with again.steer(v, 2.0), model.steer(v, 2.0):
+        assert torch.equal(logits(again), logits(model))

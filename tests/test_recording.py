@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from steerable import SteerableModel, record_activations
 from steerable._runtime.layer import SteerableLayer
+from steerable.testing.hooks import left_pad, right_pad
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
@@ -45,3 +47,86 @@ def test_record_equals_output_hidden_states_and_follows_generate() -> None:
     real = full_mask.bool()  # padding activations are meaningless
     torch.testing.assert_close(steps[1][real], full[real], rtol=0, atol=1e-5)
     assert not any(isinstance(layer, SteerableLayer) for layer in model.steerable_layers)
+
+
+IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]])
+
+
+@pytest.fixture
+def pair():
+    return tiny_model("llama"), SteerableModel.wrap(tiny_model("llama"))
+
+
+def logits(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kwargs).logits
+
+
+def test_a_recording_iterates_counts_and_keeps_forwards_apart(pair) -> None:
+    _, model = pair
+    with model.record(layers=[0, -1]) as acts, torch.no_grad():
+        model(input_ids=IDS, attention_mask=MASK)
+        model(input_ids=IDS[:1], attention_mask=MASK[:1])
+    assert list(acts) == [0, -1] and len(acts) == 2
+    assert [t.shape[0] for t in acts.forwards(0)] == [3, 1]
+    assert torch.equal(acts.forwards(2)[0], acts.forwards(-1)[0])  # -1 and n-1 name one layer
+    with pytest.raises(ValueError, match=r"batch sizes \[3, 1\].*recording.forwards\(layer\)"):
+        acts[0]
+    with pytest.raises(ValueError, match="layers is empty"):
+        with model.record(layers=[]):
+            pass
+
+
+def test_unwrapping_inside_a_record_block_is_clean(pair) -> None:
+    vanilla, model = pair
+    with model.record(layers=[1]) as acts:
+        with torch.no_grad():
+            model(input_ids=IDS, attention_mask=MASK)
+        SteerableModel.unwrap(model)
+    assert acts[1].shape == (3, 5, 32)
+    assert type(model) is type(vanilla) and torch.equal(logits(model), logits(vanilla))
+
+
+def test_record_positions_outside_the_forward_are_a_clear_error(pair) -> None:
+    _, model = pair
+    with pytest.raises(
+        ValueError, match=r"record positions \[-1, 7\] are outside row 0, which has 5 non-padding tokens"
+    ):
+        with model.record(layers=[0], positions=[-1, 7]), torch.no_grad():
+            model(input_ids=IDS, attention_mask=MASK)
+    assert not model.is_steering and model._steerable.taps == 0
+
+
+ROWS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SteerableModel.wrap(tiny_model("llama"))
+
+
+@pytest.mark.parametrize("wanted", [[-1], [0, -2], [1]])
+def test_record_positions_count_each_rows_own_tokens_with_either_padding(model, wanted) -> None:
+    got = {}
+    for side, pad in (("left", left_pad), ("right", right_pad)):
+        ids, mask = pad(ROWS)
+        with torch.no_grad(), model.record(layers=[0, 2], positions=wanted) as recording:
+            model(input_ids=ids, attention_mask=mask)
+        got[side] = recording
+    for layer in (0, 2):
+        torch.testing.assert_close(got["left"][layer], got["right"][layer], rtol=0, atol=1e-5)
+    assert torch.equal(got["left"].positions[0], got["right"].positions[0])
+    # the oracle: each row run alone, unpadded
+    for row, tokens in enumerate(ROWS):
+        with torch.no_grad(), model.record(layers=[2]) as alone:
+            model(input_ids=torch.tensor([tokens]))
+        torch.testing.assert_close(got["right"][2][row], alone[2][0, wanted], rtol=0, atol=1e-5)
+    expected = torch.tensor([[p % len(r) for p in wanted] for r in ROWS])
+    assert torch.equal(got["right"].positions[0], expected)
+
+
+def test_record_positions_past_a_short_row_name_the_row(model) -> None:
+    ids, mask = right_pad(ROWS)
+    with pytest.raises(ValueError, match=r"record positions \[3\] are outside row 1, which has 3 non-padding"):
+        with torch.no_grad(), model.record(layers=[0], positions=[3]):
+            model(input_ids=ids, attention_mask=mask)

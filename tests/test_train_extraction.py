@@ -235,3 +235,20 @@ def test_an_empty_iterable_is_a_clear_error(setup) -> None:
     model, tok = setup
     with pytest.raises(ValueError, match="pairs is empty"):
         train_steering_vector(model, tok, iter([]), layers=[0])
+
+
+@pytest.fixture
+def pair():
+    return tiny_model("llama"), SteerableModel.wrap(tiny_model("llama"))
+
+
+def test_a_callable_aggregator_of_the_wrong_width_is_refused(pair) -> None:
+    _, model = pair
+    from steerable.testing.tiny_models import tiny_tokenizer
+
+    with pytest.raises(ValueError, match=r"layer 1: half returned \[16\]; an aggregator must return a tensor \[32\]"):
+        train_steering_vector(model, tiny_tokenizer(), [("w5 w6", "w7 w8")], layers=[1], method=half)
+
+
+def half(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    return (pos - neg).mean(0)[:16]

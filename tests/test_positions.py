@@ -1,5 +1,4 @@
-"""Positions stay right wherever the decoder stack is entered and however a layer is re-run:
-gradient checkpointing (reentrant and not), static caches, the inner model called directly."""
+"""Where steering lands: positions, min_token_index, padding, caches, checkpointing and where the stack is entered."""
 
 from __future__ import annotations
 
@@ -8,10 +7,12 @@ import torch
 from torch import nn
 
 from steerable import SteerableModel, SteeringVector
-from steerable.testing.hooks import hooked, left_pad
-from steerable.testing.tiny_models import tiny_model
+from steerable.testing.hooks import hooked, left_pad, position_ids, right_pad
+from steerable.testing.tiny_models import ARCHS, tiny_model
 
 ROWS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18, 19]]
+
+
 STEERINGS = {
     "ablate+min_token_index": dict(operator="ablate", min_token_index=2),
     "clamp+prompt": dict(operator="clamp", positions="prompt"),
@@ -138,3 +139,102 @@ def test_sliding_window_and_static_caches_generate_what_an_uncached_run_does(arc
 )
 def test_checkpointing_on_and_off_give_equal_gradients_for_every_operator_and_mode(operator, mode) -> None:
     assert_checkpointing_changes_no_gradient("llama", vector(), multiplier=1.5, operator=operator, **mode)
+
+
+PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [9, 70, 23, 4]]
+
+
+def random_vector(layers: list[int], d: int = 32, seed: int = 1, scale: float = 1.0) -> SteeringVector:
+    generator = torch.Generator().manual_seed(seed)
+    return SteeringVector({i: scale * torch.randn(d, generator=generator) for i in layers})
+
+
+def _generate(model, ids, mask, use_cache: bool):
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=5,
+        do_sample=False,
+        use_cache=use_cache,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+    )
+
+
+POSITION_MODES = {
+    "all": {},
+    "min_token_index": {"min_token_index": 5},
+    "generated": {"positions": "generated"},
+    "prompt": {"positions": "prompt"},
+    "mask": {"positions": torch.tensor([[0, 1, 0, 1, 1, 0, 0], [1, 0, 0, 1, 0, 0, 0]], dtype=torch.bool)},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", list(POSITION_MODES))
+def test_cache_matches_no_cache_for_every_position_mode(arch: str, mode: str) -> None:
+    model = SteerableModel.wrap(tiny_model(arch))
+    ids, mask = left_pad(PROMPTS)
+    plain = _generate(model, ids, mask, use_cache=True)
+    with model.steer(random_vector([0, 1, 2], scale=3.0), 2.0, **POSITION_MODES[mode]):
+        cached = _generate(model, ids, mask, use_cache=True)
+        uncached = _generate(model, ids, mask, use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.logits, uncached.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # the steering changed something, and for "generated" it acts on decode steps only
+    changed = [not torch.allclose(a, b, atol=1e-4) for a, b in zip(cached.logits, plain.logits, strict=True)]
+    assert any(changed)
+    if mode == "generated":
+        assert not changed[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generated_mode_steers_each_decode_step_like_a_full_forward(arch: str) -> None:
+    """Steering generated tokens equals a full forward over prompt+generation steered from the prompt's end."""
+    model = SteerableModel.wrap(tiny_model(arch))
+    prompt = torch.tensor([PROMPTS[0]])
+    vec = random_vector([1], scale=3.0)
+    with model.steer(vec, 2.0, positions="generated"):
+        out = _generate(model, prompt, torch.ones_like(prompt), use_cache=True)
+    with model.steer(vec, 2.0, min_token_index=prompt.shape[1]):
+        full = model(out.sequences[:, :-1]).logits
+    torch.testing.assert_close(torch.stack(out.logits, 1), full[:, prompt.shape[1] - 1 :], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_padded_batch_equals_rows_alone(arch: str, padding: str) -> None:
+    model = SteerableModel.wrap(tiny_model(arch))
+    ids, mask = (left_pad if padding == "left" else right_pad)(PROMPTS)
+    vec = random_vector([0, 2], scale=2.0)
+    token_mask = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [0, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    for kwargs in ({}, {"min_token_index": 2}, {"positions": token_mask}):
+        with model.steer(vec, 1.5, **kwargs):
+            batched = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        for row, prompt in enumerate(PROMPTS):
+            row_kwargs = {**kwargs, "positions": token_mask[row]} if "positions" in kwargs else kwargs
+            with model.steer(vec, 1.5, **row_kwargs):
+                alone = model(torch.tensor([prompt])).logits
+            torch.testing.assert_close(batched[row][mask[row].bool()], alone[0], rtol=0, atol=1e-5)
+
+
+IDS, MASK = left_pad([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]])
+
+
+@pytest.fixture
+def pair():
+    return tiny_model("llama"), SteerableModel.wrap(tiny_model("llama"))
+
+
+def logits(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kwargs).logits
+
+
+def test_a_token_mask_whose_rows_do_not_match_is_an_error_outside_generate(pair) -> None:
+    _, model = pair
+    with model.steer(SteeringVector({1: torch.randn(32)}), positions=torch.ones(1, 5, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="the token mask has 1 rows but the batch has 3.*only inside generate"):
+            logits(model)
