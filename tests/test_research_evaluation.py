@@ -1,4 +1,4 @@
-"""A/B metric, steerability, open-ended judge and fluency, sweeps, tables and plots, on a tiny model."""
+"""Evaluation metrics: A/B scores, steerability, judge, fluency and open-ended generations."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from steerable.research.evaluation import (
     steerability,
     vader_judge,
 )
-from steerable.research.sweep import plot_behaviour_vs_fluency, plot_sweep, summarize_generations, sweep_ab, write_table
+from steerable.research.sweep import plot_behaviour_vs_fluency, summarize_generations
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 ITEMS = [
@@ -41,6 +41,8 @@ ITEMS = [
         "answer_not_matching_behavior": "(B)",
     },
 ]
+
+
 MULTIPLIERS = [-2.0, 0.0, 2.0]
 
 
@@ -76,19 +78,6 @@ def test_ab_pairs_read_at_the_letter(setup) -> None:
     pairs = ab_pairs(tok, items, chat=False)
     assert pairs[1].positive.endswith("Answer: (B") and pairs[1].negative.endswith("Answer: (A")
     assert pairs[0].positive == ab_prompt(tok, items[0].question, chat=False) + "A"
-
-
-def test_malformed_items_are_named(tmp_path) -> None:
-    bad = [ITEMS[0], {"question": "w5", "answer_matching_behavior": "(A)"}]
-    (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match="item 1 needs string fields"):
-        load_ab_dataset(tmp_path / "bad.json")
-    (tmp_path / "same.json").write_text(json.dumps([{**ITEMS[0], "answer_not_matching_behavior": "(A)"}]))
-    with pytest.raises(ValueError, match="item 0 answers must be two different letters"):
-        load_ab_dataset(tmp_path / "same.json")
-    (tmp_path / "junk.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_ab_dataset(tmp_path / "junk.json")
 
 
 def test_steerability_matches_least_squares() -> None:
@@ -130,22 +119,3 @@ def test_open_ended_rows_equal_separate_generations_and_plot(setup, tmp_path) ->
     assert [s["multiplier"] for s in summary] == MULTIPLIERS
     path = plot_behaviour_vs_fluency(gens, tmp_path / "tradeoff.png")
     assert path.stat().st_size > 1000
-
-
-def test_sweep_table_and_plots(setup, tmp_path) -> None:
-    model, tok, items, vector = setup
-    sweep = sweep_ab(model, tok, items, vector, MULTIPLIERS, layers=[0, 2], chat=False, show_progress=False)
-    rows = sweep.rows
-    assert [(r["layer"], r["multiplier"]) for r in rows] == [(layer, m) for layer in (0, 2) for m in MULTIPLIERS]
-    alone = ab_scores(model, tok, items, SteeringVector({2: vector[2]}), MULTIPLIERS, chat=False)
-    assert [r["p_matching"] for r in rows[3:]] == pytest.approx(alone.mean(0).tolist(), abs=1e-6)
-    torch.testing.assert_close(sweep.scores[2], alone, rtol=0, atol=1e-6)  # per-item scores are kept
-    assert all(r["p_matching_low"] <= r["p_matching"] <= r["p_matching_high"] for r in rows)
-    unsteered = ab_scores(model, tok, items, None, [0.0], chat=False)[:, 0]
-    torch.testing.assert_close(sweep.unsteered, unsteered, rtol=0, atol=1e-6)
-    paths = write_table(sweep, tmp_path / "sweep")
-    assert json.loads(paths[1].read_text()) == rows
-    assert paths[0].read_text().splitlines()[0].startswith("layer,multiplier,p_matching,p_matching_low,p_matching_high")
-    assert len(paths[2].read_text().splitlines()) == 1 + 2 * len(items) * len(MULTIPLIERS)
-    for png in plot_sweep(sweep, tmp_path / "sweep"):
-        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -1,7 +1,8 @@
-"""Honest sweeps: seeded bootstrap intervals that cover the truth, and plots that carry intervals,
-chance, the unsteered score, titles and readable labels (checked through matplotlib's objects)."""
+"""Sweeps: tables, plots, bootstrap intervals and trade-off plots."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -11,13 +12,14 @@ from matplotlib.figure import Figure
 
 from steerable import SteerableModel, SteeringVector
 from steerable.research.ab import ABItem
-from steerable.research.evaluation import Generation
+from steerable.research.evaluation import Generation, ab_scores, load_ab_dataset
 from steerable.research.sweep import (
     bootstrap_ci,
     plot_behaviour_vs_fluency,
     plot_sweep,
     summarize_generations,
     sweep_ab,
+    write_table,
 )
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
@@ -98,3 +100,50 @@ def test_tradeoff_plot_keeps_signs_and_intervals(tmp_path, figures) -> None:
     assert all(t.get_position() != t.xy for t in ax.texts)  # labels sit beside their markers
     assert ax.get_title() == "sentiment" and ax.get_ylabel().startswith("mean VADER")
     assert any(isinstance(c, ErrorbarContainer) and c.has_yerr for c in ax.containers)
+
+
+ITEMS = [
+    {
+        "question": "w5 w6 w7 ( A ) w8 ( B ) w9",
+        "answer_matching_behavior": "(A)",
+        "answer_not_matching_behavior": "(B)",
+    },
+    {
+        "question": "w10 w11 ( A ) w12 ( B ) w13 w14",
+        "answer_matching_behavior": "(B)",
+        "answer_not_matching_behavior": "(A)",
+    },
+    {
+        "question": "w20 ( A ) w21 w22 ( B ) w23",
+        "answer_matching_behavior": "(A)",
+        "answer_not_matching_behavior": "(B)",
+    },
+]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(ITEMS))
+    model = SteerableModel.wrap(tiny_model("llama"))
+    vector = SteeringVector({i: torch.randn(32, generator=torch.Generator().manual_seed(i)) for i in range(3)})
+    return model, tiny_tokenizer(), load_ab_dataset(path), vector
+
+
+def test_sweep_table_and_plots(setup, tmp_path) -> None:
+    model, tok, items, vector = setup
+    sweep = sweep_ab(model, tok, items, vector, MULTIPLIERS, layers=[0, 2], chat=False, show_progress=False)
+    rows = sweep.rows
+    assert [(r["layer"], r["multiplier"]) for r in rows] == [(layer, m) for layer in (0, 2) for m in MULTIPLIERS]
+    alone = ab_scores(model, tok, items, SteeringVector({2: vector[2]}), MULTIPLIERS, chat=False)
+    assert [r["p_matching"] for r in rows[3:]] == pytest.approx(alone.mean(0).tolist(), abs=1e-6)
+    torch.testing.assert_close(sweep.scores[2], alone, rtol=0, atol=1e-6)  # per-item scores are kept
+    assert all(r["p_matching_low"] <= r["p_matching"] <= r["p_matching_high"] for r in rows)
+    unsteered = ab_scores(model, tok, items, None, [0.0], chat=False)[:, 0]
+    torch.testing.assert_close(sweep.unsteered, unsteered, rtol=0, atol=1e-6)
+    paths = write_table(sweep, tmp_path / "sweep")
+    assert json.loads(paths[1].read_text()) == rows
+    assert paths[0].read_text().splitlines()[0].startswith("layer,multiplier,p_matching,p_matching_low,p_matching_high")
+    assert len(paths[2].read_text().splitlines()) == 1 + 2 * len(items) * len(MULTIPLIERS)
+    for png in plot_sweep(sweep, tmp_path / "sweep"):
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
