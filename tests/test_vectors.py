@@ -1,4 +1,4 @@
-"""SteeringVector: arithmetic (property-based), conversion and metadata."""
+"""SteeringVector: arithmetic (property-based), conversion, metadata, and saving and loading its files."""
 
 from __future__ import annotations
 
