@@ -159,3 +159,116 @@ def test_the_cli_trains_learned_vectors(tiny_dir, tmp_path, method) -> None:  # 
     assert main([*args, "--epochs", "2", "--out", str(out)]) == 0
     vec = SteeringVector.load(out)
     assert vec.method == f"learned:{method}" and vec.layers == [1] and float(vec[1].norm()) > 0
+
+
+# -- hardening: mode, grad mode, refused options, non-finite and disconnected losses -------------------
+def _dropout_model():
+    """A tiny GPT-2 with its default dropout (0.1), in training mode: dropout would make runs differ."""
+    net = SteerableModel.wrap(tiny_model("gpt2"))
+    assert net.config.resid_pdrop == 0.1
+    return net.train()
+
+
+def test_optimisation_runs_in_eval_mode_and_restores_each_modules_mode() -> None:
+    net = _dropout_model()
+    net.transformer.h[0].eval()  # a mixed model: each module gets its own mode back
+    kwargs = dict(lr=0.1, steps=4, batch_size=2, seed=1)
+    first = optimize_steering_vector(net, tokenizer(), COMPLETIONS, [1], **kwargs)
+    again = optimize_steering_vector(net, tokenizer(), COMPLETIONS, [1], **kwargs)
+    modes = [m.training for m in net.modules()]
+    assert net.training and not net.transformer.h[0].training and not net.transformer.h[0].attn.training
+    assert modes == [m.training for m in net.modules()] and sum(modes) > 10
+    reference = optimize_steering_vector(net.eval(), tokenizer(), COMPLETIONS, [1], **kwargs)
+    assert torch.equal(first[1], again[1]) and torch.equal(first[1], reference[1])  # no dropout in it
+    assert float(first[1].norm()) > 0.1
+    net.train()
+    bipo = optimize_steering_vector(net, tokenizer(), PREFERENCES, [1], "bipo", lr=0.05, steps=3, beta=1.0)
+    bipo_eval = optimize_steering_vector(net.eval(), tokenizer(), PREFERENCES, [1], "bipo", lr=0.05, steps=3, beta=1.0)
+    torch.testing.assert_close(bipo[1], bipo_eval[1], rtol=0, atol=0)  # one model for reference and steered
+
+
+def test_gradient_checkpointing_in_training_mode_learns_the_eval_vector() -> None:
+    net = _dropout_model()
+    kwargs = dict(lr=0.1, steps=3, batch_size=2)
+    reference = optimize_steering_vector(net.eval(), tokenizer(), COMPLETIONS, [1], **kwargs)
+    net.gradient_checkpointing_enable()
+    net.train()
+    checkpointed = optimize_steering_vector(net, tokenizer(), COMPLETIONS, [1], **kwargs)
+    torch.testing.assert_close(checkpointed[1], reference[1], rtol=1e-5, atol=1e-6)
+    assert net.training
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_optimisation_works_under_no_grad_and_inference_mode(model, mode) -> None:
+    kwargs = dict(lr=0.1, steps=3, batch_size=2)
+    reference = optimize_steering_vector(model, tokenizer(), COMPLETIONS, [1], **kwargs)
+    with getattr(torch, mode)():
+        inside = optimize_steering_vector(model, tokenizer(), COMPLETIONS, [1], **kwargs)
+        assert not torch.is_grad_enabled()  # the caller's grad mode is back
+    torch.testing.assert_close(inside[1], reference[1], rtol=0, atol=0)
+    assert float(inside[1].norm()) > 0.1
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    import numpy as np
+
+    model = SteerableModel.wrap(tiny_model("llama"))
+    given = optimize_steering_vector(
+        model, tokenizer(), COMPLETIONS, [1], lr=np.float32(0.01), multiplier=np.float64(1.0), steps=np.int64(2)
+    )
+    plain = optimize_steering_vector(model, tokenizer(), COMPLETIONS, [1], lr=float(np.float32(0.01)), steps=2)
+    torch.testing.assert_close(given[1], plain[1], rtol=0, atol=0)
+    assert "lr=0.01 steps=2" in given.description
+
+
+def test_a_non_finite_loss_stops_at_its_step(model) -> None:
+    calls = []
+
+    def blows_up(net, items) -> torch.Tensor:
+        calls.append(1)
+        loss = -net(input_ids=torch.tensor([[5, 6, 8]])).logits[0, -1].log_softmax(-1)[7]
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    with pytest.raises(ValueError, match="the loss is nan at step 3 of 10"):
+        optimize_steering_vector(model, tokenizer(), [None] * 2, [1], blows_up, steps=10, batch_size=2)
+    assert len(calls) == 3  # stopped there, not after all 10 steps
+    assert not model.is_steering and all(p.requires_grad for p in model.parameters())
+
+
+def test_a_loss_that_does_not_depend_on_the_vector_is_refused(model) -> None:
+    def constant(net, items) -> torch.Tensor:
+        return torch.ones((), requires_grad=True) * 2.0
+
+    def zero_gradient(net, items) -> torch.Tensor:
+        return net(input_ids=torch.tensor([[5, 6, 8]])).logits.sum() * 0.0
+
+    with pytest.raises(ValueError, match=r"does not depend on the steering vector at layers \[1\].*missing"):
+        optimize_steering_vector(model, tokenizer(), [None], [1], constant, steps=2)
+    with pytest.raises(ValueError, match=r"does not depend on the steering vector at layers \[1\].*zero"):
+        optimize_steering_vector(model, tokenizer(), [None], [1], zero_gradient, steps=2)
+
+    def reads_layer_0(net, items) -> torch.Tensor:  # the block-0 output does not see layer 2's vector
+        return net(input_ids=torch.tensor([[5, 6, 8]]), output_hidden_states=True).hidden_states[1].sum()
+
+    with pytest.raises(ValueError, match=r"at layers \[2\]"):
+        optimize_steering_vector(model, tokenizer(), [None], [0, 2], reads_layer_0, steps=2)
+    assert not model.is_steering
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(multiplier=0), "multiplier must be a finite non-zero number"),
+        (dict(multiplier=float("inf")), "multiplier must be a finite non-zero number"),
+        (dict(patience=-1), "patience must be an int >= 1, got -1"),
+        (dict(patience=0), "patience must be an int >= 1, got 0"),
+        (dict(lr=True), "lr must be a finite number > 0"),
+        (dict(max_norm=float("nan")), "max_norm must be a finite number > 0"),
+        (dict(beta=0.0), "beta must be a finite number > 0"),
+        (dict(steps=0), "steps must be an int >= 1"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(model, option, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        optimize_steering_vector(model, tokenizer(), COMPLETIONS, [1], **option)
+    assert not model.is_steering and all(p.requires_grad for p in model.parameters())
