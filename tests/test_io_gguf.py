@@ -124,3 +124,23 @@ def test_gguf_keeps_method_model_name_and_description(tmp_path) -> None:
 
     reader = gguf.GGUFReader(str(tmp_path / "v.gguf"))
     assert reader.get_field("controlvector.layer_count") is not None  # llama.cpp's keys are still there
+
+
+def test_a_model_hint_that_is_not_a_string_is_refused(tmp_path) -> None:
+    vector = SteeringVector({1: torch.ones(4)}, model_type="llama")
+    with pytest.raises(TypeError, match="model_hint must be a str .* got int: 7"):
+        vector.to_gguf(tmp_path / "v.gguf", model_hint=7)  # type: ignore[arg-type]
+    assert not (tmp_path / "v.gguf").exists()
+    for add, message in [
+        (lambda w: w.add_uint32("controlvector.model_hint", 7), "controlvector.model_hint field is UINT32, not a"),
+        (lambda w: w.add_array("controlvector.model_hint", ["llama"]), "model_hint field is ARRAY/STRING, not a"),
+        (lambda w: w.add_float32("steerable.method", 1.5), "the steerable.method field is FLOAT32, not a string"),
+    ]:
+        writer = gguf.GGUFWriter(str(tmp_path / "cv.gguf"), "controlvector")
+        add(writer)
+        writer.add_tensor("direction.1", np.ones(4, dtype=np.float32))
+        writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+        with pytest.raises(ValueError, match=message):
+            SteeringVector.from_gguf(tmp_path / "cv.gguf")
+    vector.to_gguf(tmp_path / "ok.gguf", model_hint="mistral")  # a string hint still goes through
+    assert SteeringVector.from_gguf(tmp_path / "ok.gguf").model_type == "mistral"
