@@ -24,6 +24,7 @@ from steerable.devices import input_device
 from steerable.research.ab import ABItem, ab_pairs, ab_prompt, load_ab_dataset
 from steerable.research.arguments import nonempty
 from steerable.research.undefined import undefined
+from steerable.train.batching import tokenize
 from steerable.vectors import SteeringVector
 
 __all__ = ["ABItem", "ab_pairs", "ab_prompt", "load_ab_dataset"]  # A/B data lives in steerable.research.ab
@@ -59,18 +60,13 @@ def ab_scores(
     ]
     rows = [(k, j) for k in range(len(items)) for j in range(len(multipliers))]
     scores = torch.zeros(len(items), len(multipliers))
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     starts = range(0, len(rows), batch_size)
     progress = show_progress if show_progress is not None else len(starts) >= 4
     for start in tqdm(starts, desc="A/B evaluation", disable=not progress):
         chunk = rows[start : start + batch_size]
-        ids_list = [tokenizer(prompts[k])["input_ids"] for k, _ in chunk]
-        width = max(len(x) for x in ids_list)
-        ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in ids_list])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids_list])
-        device = input_device(model)
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        # left-padded, with position_ids: each row's last token is its answer position, as alone
+        batch = tokenize(tokenizer, [prompts[k] for k, _ in chunk], padding_side="left")
+        inputs = batch.to(input_device(model)).inputs()
         row_multipliers = torch.tensor([float(multipliers[j]) for _, j in chunk])
         with torch.inference_mode():
             if vector is None:
