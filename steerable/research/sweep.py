@@ -182,7 +182,7 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     if metric not in _LABELS:
         raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(_LABELS)}")
     stem = Path(path_stem)
-    rows = sweep.rows
+    rows = nonempty(sweep.rows, "sweep.rows", "a Sweep that measured something (sweep_ab makes one)")
     layers = sorted({r["layer"] for r in rows})
     multipliers = sorted({r["multiplier"] for r in rows})
     at = {(r["layer"], r["multiplier"]): r for r in rows}
