@@ -60,7 +60,8 @@ class SteeringHandle:
 class RowsHandle:
     """The steerings of one ``steer_rows`` call; ``remove()`` (or leaving the ``with`` block) removes all."""
 
-    def __init__(self, handles: list[SteeringHandle], steerings: list[Steering | None]) -> None:
+    def __init__(self, model: Any, handles: list[SteeringHandle], steerings: list[Steering | None]) -> None:
+        self._model = model
         self.handles = handles
         self.steerings = steerings  # one per row, as given (None: that row is not steered)
 
@@ -69,8 +70,9 @@ class RowsHandle:
         return any(h.active for h in self.handles)
 
     def remove(self) -> None:
-        for handle in reversed(self.handles):
-            handle.remove()
+        with _runtime.one_change(self._model):  # forwards see all the rows' steerings go at once
+            for handle in reversed(self.handles):
+                handle.remove()
 
     def __enter__(self) -> RowsHandle:
         return self

@@ -45,22 +45,23 @@ def steer_rows(model: Any, requests: Sequence[Steering | SteeringVector | None])
         specs.append(spec)
     n = len(specs)
     handles: list[SteeringHandle] = []
-    try:
-        fused = [(i, s) for i, s in enumerate(specs) if s is not None and _fusable(s)]
-        for site in dict.fromkeys(s.vector.site for _, s in fused):
-            group = [(i, s) for i, s in fused if s.vector.site == site]
-            handles.append(SteeringHandle(model, Steering(_fused(model, group, n, site))))
-        for i, spec in enumerate(specs):
-            if spec is None or _fusable(spec):
-                continue
-            only = torch.zeros(n, dtype=torch.bool)
-            only[i] = True
-            handles.append(SteeringHandle(model, spec.replace(rows=only)))
-    except BaseException:
-        for handle in handles:
-            handle.remove()
-        raise
-    return RowsHandle(handles, specs)
+    with _runtime.one_change(model):  # forwards see all the rows' steerings at once, or none
+        try:
+            fused = [(i, s) for i, s in enumerate(specs) if s is not None and _fusable(s)]
+            for site in dict.fromkeys(s.vector.site for _, s in fused):
+                group = [(i, s) for i, s in fused if s.vector.site == site]
+                handles.append(SteeringHandle(model, Steering(_fused(model, group, n, site))))
+            for i, spec in enumerate(specs):
+                if spec is None or _fusable(spec):
+                    continue
+                only = torch.zeros(n, dtype=torch.bool)
+                only[i] = True
+                handles.append(SteeringHandle(model, spec.replace(rows=only)))
+        except BaseException:
+            for handle in handles:
+                handle.remove()
+            raise
+    return RowsHandle(model, handles, specs)
 
 
 def _fusable(spec: Steering) -> bool:

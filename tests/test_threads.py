@@ -136,16 +136,20 @@ def test_applying_and_removing_while_another_thread_runs_forwards_gives_whole_st
 
     def work(i: int) -> list[int]:
         if i == 1:  # the other thread: apply and remove, as fast as it can, until the forwards end
-            while not stop.is_set():
+            for _ in range(2000):  # bounded, whatever happens to the other thread
+                if stop.is_set():
+                    break
                 for apply in configurations:
                     apply().remove()
             return []
         seen = []
-        with torch.no_grad():
-            for _ in range(150):
-                got = model(input_ids=ids, attention_mask=mask).logits
-                seen.append(next((k for k, known in enumerate(outcomes) if torch.equal(got, known)), -1))
-        stop.set()
+        try:
+            with torch.no_grad():
+                for _ in range(150):
+                    got = model(input_ids=ids, attention_mask=mask).logits
+                    seen.append(next((k for k, known in enumerate(outcomes) if torch.equal(got, known)), -1))
+        finally:
+            stop.set()
         return seen
 
     seen = run_in_threads(work, 2)[0]

@@ -19,7 +19,7 @@ immutable set of steerings a forward runs with), ``pool`` (slots and their buffe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from torch import nn
@@ -45,6 +45,7 @@ __all__ = [
     "is_steering",
     "layer_count",
     "layer_indices",
+    "one_change",
     "plain_copy",
     "republish",
     "taps",
@@ -125,6 +126,12 @@ def taps(
 
 def generating(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AbstractContextManager[None]:
     return _generating(_state(model), model, args, kwargs)
+
+
+def one_change(model: Any) -> AbstractContextManager[None]:
+    """Installs and removals inside the block reach forwards as one change."""
+    state = model.__dict__.get("_steerable")
+    return nullcontext() if state is None else state.one_change()  # unwrapped: nothing left to change
 
 
 def check_site(model: Any, site: str) -> str:

@@ -29,27 +29,30 @@ class SteerableStack(nn.Module):
         state = self._steerable_state
         passed = kwargs.pop(LENGTHS_KWARG, None)
         lengths = None if passed is None else passed[0]  # see steerable._runtime.generation
-        if not state.swapped:  # idle: the layers are the model's own
-            if torch.compiler.is_compiling():  # a compiled graph runs as traced: no layer can change under it
-                return super().forward(*args, **kwargs)
-            token = CURRENT_STEP.set(IDLE)  # layers another thread swaps in meanwhile stay idle for this forward
+        if torch.compiler.is_compiling():  # a compiled graph runs as traced: no layer can change under it
+            return self._steerable_forward(args, kwargs, lengths)
+        state.enter()  # counted in first: no layer is given back its class while this forward runs
+        try:
+            if state.swapped:
+                return self._steerable_forward(args, kwargs, lengths)
+            token = CURRENT_STEP.set(IDLE)  # layers another thread swaps in meanwhile stay idle for it
             try:
                 return super().forward(*args, **kwargs)
             finally:
                 CURRENT_STEP.reset(token)
+        finally:
+            state.leave()
+
+    def _steerable_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any], lengths: Tensor | None) -> Any:
+        state = self._steerable_state
+        if not state.swapped:
+            return super().forward(*args, **kwargs)
         inputs = dict(zip(state.stack_arg_names, args, strict=False)) | kwargs
         first = next((t for t in (inputs.get("input_ids"), inputs.get("inputs_embeds")) if isinstance(t, Tensor)), None)
         if first is None:
             return super().forward(*args, **kwargs)
         step = state.step(first.shape[0], first.shape[1], first.device, inputs, lengths)
-        tracked = not torch.compiler.is_compiling()
-        if tracked:  # layers are not swapped back while a forward runs through them (see state.leave)
-            state.enter()
-        try:
-            output = self._steerable_run(args, kwargs, step)
-        finally:
-            if tracked:
-                state.leave()
+        output = self._steerable_run(args, kwargs, step)
         if step.memory is None and step.gates:  # a cache made inside this forward keeps the decisions too
             cache = getattr(output, "past_key_values", None)
             if cache is not None and not isinstance(cache, (tuple, list)):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +65,26 @@ class ModelState:
     swapped: bool = False  # the decoder layers are steerable now (else the model's own: idle)
     in_flight: int = 0  # eager forwards running through swapped layers
     restore_pending: bool = False  # modules to give back their class once no forward runs through them
+    deferred: int = 0  # open one_change blocks: publish once, when the last closes
 
     # -- the active set ------------------------------------------------------------------------
+    @contextmanager
+    def one_change(self) -> Iterator[None]:
+        """Several installs and removals that forwards see as one change (``steer_rows``)."""
+        with self.lock:
+            self.deferred += 1
+            try:
+                yield
+            finally:
+                self.deferred -= 1
+                if not self.deferred:
+                    self.publish()
+                    self.refresh()
+
     def publish(self) -> None:
         """Make the installed steerings the active set (called under the lock after every change)."""
+        if self.deferred:
+            return
         ops: dict[int, list[Op]] = {}
         probes: dict[int, list[ProbeOp]] = {}
         selections: list[SelectionOp] = []
@@ -228,6 +246,8 @@ class ModelState:
         """After a change: tell each decoder layer whether a sub-module of it steers or records (then it
         hands the step context on), and give unused site modules their own class back (idle costs
         nothing). Giving back waits while a forward runs through the layers (see ``leave``)."""
+        if self.deferred:
+            return
         active = self.active
         for layer in self.layers:
             if not isinstance(layer, SteerableLayer):
