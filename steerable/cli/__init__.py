@@ -390,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return bench(argv[1:])
+    if argv[:1] == ["serve"]:  # vLLM's OpenAI-compatible server with the steering plugin; its flags pass through
+        from steerable.serving.server import main as serve
+
+        return serve(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.run(args)
