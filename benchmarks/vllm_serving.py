@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def write(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "vllm_serving.json").write_text(json.dumps(report, indent=2))
+    name = report["settings"]["name"]
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [
         "# vLLM serving with steerable (SmolLM2-135M-Instruct, fp32)",
         "",
@@ -180,7 +181,7 @@ def write(report: dict[str, Any], out: Path) -> None:
             f"{s[f'b{b}/hf steerings=0']:.0f} | {s[f'b{b}/hf steerings=16']:.0f} |"
         )
     lines += ["", "Targets: plugin idle >= 0.99x, 16 distinct >= 0.95x plugin-free."]
-    (out / "vllm_serving.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--eager", action="store_true", help="enforce_eager (default: vLLM's compiled mode)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="vllm_serving", help="result file stem (.json and .md)")
     args = parser.parse_args(argv)
     report = run(args)
     write(report, args.out)
-    print((args.out / "vllm_serving.md").read_text())
+    print((args.out / f"{args.name}.md").read_text())
     return 0
 
 

@@ -63,9 +63,12 @@ def reference_tokens(
             stack.enter_context(
                 SteerableModel.of(model).steer(vectors[spec["vector"]], spec.get("multiplier", 1.0), **kwargs)
             )
+        model.generation_config.eos_token_id = None  # generate all NEW_TOKENS, as vLLM's ignore_eos does
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return out[0, len(prompt) :].tolist()
+    tokens = out[0, len(prompt) :].tolist()
+    assert len(tokens) == NEW_TOKENS, "the reference stopped early"
+    return tokens
 
 
 def to_condition(data: dict[str, Any], vectors: dict[str, Any]) -> Any:

@@ -60,6 +60,7 @@ def _hf(setup: dict[str, Any], prompt: list[int], spec: dict[str, Any] | None) -
         if spec
         else None
     )
+    model.generation_config.eos_token_id = None  # generate all NEW_TOKENS, as vLLM's ignore_eos does
     try:
         with torch.no_grad():
             out = model.generate(

@@ -9,6 +9,8 @@ processor checks and resolves each request's steering. A request without steerin
 from __future__ import annotations
 
 import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from steerable.serving.versions import check_vllm_version
@@ -32,6 +34,7 @@ def register() -> None:
     else:
         _patch_runner(CPUModelRunner)
     _patch_input_processor(InputProcessor)
+    _patch_compile_hash()
     _PATCHED = True
 
 
@@ -79,3 +82,24 @@ def _patch_input_processor(cls: type) -> None:
 
     process_inputs._steerable = True  # type: ignore[attr-defined]
     cls.process_inputs = process_inputs  # type: ignore[attr-defined]
+
+
+def _patch_compile_hash() -> None:
+    """vLLM caches compiled graphs on disk by a hash of its config (and, for AOT artifacts, checks only the
+    files the cached graph traced): a graph compiled without the plugin must never be loaded with it, nor
+    one compiled by an older version of the steerable layers. So the plugin is a factor of the hash."""
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.compute_hash
+    if getattr(original, "_steerable", False):
+        return
+    layers_source = (Path(__file__).parent / "worker.py").read_bytes()
+    mark = hashlib.sha256(b"steerable-vllm-plugin\n" + layers_source).hexdigest()
+
+    @functools.wraps(original)
+    def compute_hash(self: Any, *args: Any, **kwargs: Any) -> str:
+        base = original(self, *args, **kwargs)
+        return hashlib.sha256(f"{base}|{mark}".encode()).hexdigest()[: len(base)]
+
+    compute_hash._steerable = True  # type: ignore[attr-defined]
+    VllmConfig.compute_hash = compute_hash  # type: ignore[method-assign]
