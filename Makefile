@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV4 ?= .venv-transformers4
 VENV_VLLM ?= .venv-vllm
+VENV_DOCS ?= .venv-docs
 
-.PHONY: test test-transformers4 test-vllm lint demo clean
+.PHONY: test test-transformers4 test-vllm lint docs demo clean
 
 $(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,12 @@ $(VENV_VLLM)/.installed: pyproject.toml requirements/vllm.txt
 	$(VENV_VLLM)/bin/python -c "import torch; v = torch.__version__; assert v == '2.13.0+cpu', v"
 	touch $@
 
+# The docs site has its own small environment: griffe reads the docstrings statically (no torch).
+$(VENV_DOCS)/.installed: requirements/docs.txt
+	$(PYTHON) -m venv $(VENV_DOCS)
+	$(VENV_DOCS)/bin/python -m pip install -q -r requirements/docs.txt
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/python examples/demo.py
 
@@ -46,5 +53,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check steerable tests benchmarks examples
 	$(VENV)/bin/mypy steerable
 
+docs: $(VENV_DOCS)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(VENV4) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) $(VENV_VLLM) $(VENV_DOCS) site .pytest_cache .mypy_cache .ruff_cache
