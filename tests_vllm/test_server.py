@@ -128,7 +128,7 @@ def test_chat_completions_steer(server: dict[str, Any]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(server["model"])
     messages = [{"role": "user", "content": "w5 w9 w13 w40"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     spec = [{"vector": "calm", "multiplier": 4.0}]
     body = {
         "model": server["model"],

@@ -85,7 +85,7 @@ def test_mixed_batch_matches_hf_per_request(setup: dict[str, Any]) -> None:
     prompts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True) for p in PROMPTS
     ]
-    prompts = [list(p["input_ids"] if isinstance(p, dict) else p) for p in prompts]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
     specs: list[dict[str, Any] | None] = [
         {"vector": "v0", "multiplier": 4.0},
         None,
