@@ -57,7 +57,7 @@ def make_vectors(directory: Path, count: int, hidden: int) -> list[Path]:
     return paths
 
 
-def engine(model: str, plugin: bool, eager: bool, max_seqs: int, kind: str) -> Any:
+def engine(model: str, plugin: bool, eager: bool, max_seqs: int) -> Any:
     from vllm import LLM
 
     if plugin:
@@ -74,7 +74,6 @@ def engine(model: str, plugin: bool, eager: bool, max_seqs: int, kind: str) -> A
             gpu_memory_utilization=0.3,
             kv_cache_memory_bytes=1 << 30,
             seed=0,
-            device=kind,
         )
     finally:
         os.environ.pop("VLLM_PLUGINS", None)
@@ -93,6 +92,26 @@ def vllm_trial(llm: Any, texts: list[str], specs: list[Any], new_tokens: int) ->
     outs = llm.generate([{"prompt": t} for t in texts], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+
+
+def check_steering_applies(steered: Any, plain: Any, vector: Path) -> None:
+    """A benchmark of a plugin that silently did nothing would measure nothing: the steered engine must
+    change a steered request and only that."""
+    from vllm import SamplingParams
+
+    base = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    spec = SamplingParams(
+        max_tokens=12,
+        temperature=0.0,
+        ignore_eos=True,
+        extra_args={"steering": [{"vector": str(vector), "multiplier": 8.0}]},
+    )
+    prompt = [{"prompt": prompts(1)[0]}]
+    free = plain.generate(prompt, base, use_tqdm=False)[0].outputs[0].token_ids
+    idle = steered.generate(prompt, base, use_tqdm=False)[0].outputs[0].token_ids
+    moved = steered.generate(prompt, spec, use_tqdm=False)[0].outputs[0].token_ids
+    if list(idle) != list(free) or list(moved) == list(free):
+        raise RuntimeError("the steered engine does not steer (or steers unsteered requests): not benchmarking")
 
 
 def hf_trial(model: Any, tokenizer: Any, texts: list[str], vectors: list[Any], count: int, new_tokens: int) -> float:
@@ -117,8 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp())
     paths = make_vectors(tmp, 16, 576)
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    plain = engine(model, False, args.eager, max(BATCHES), kind)
-    steered = engine(model, True, args.eager, max(BATCHES), kind)
+    from steerable.serving.plugin import register
+
+    register()  # this process takes the requests of both engines; only the steered one's engine runs the plugin
+    steered = engine(model, True, args.eager, max(BATCHES))
+    plain = engine(model, False, args.eager, max(BATCHES))
+    check_steering_applies(steered, plain, paths[0])
     results: dict[str, list[float]] = {}
     for batch in BATCHES:
         texts = prompts(batch)

@@ -39,6 +39,18 @@ class RequestSteering:
     all_probes: list[int] = field(default_factory=list)
 
 
+class StepArrays:
+    """What one step writes into the tables, built on the CPU (one column per scheduled token)."""
+
+    def __init__(self, total: int) -> None:
+        self.slots = np.zeros((MAX_STEERINGS, total), dtype=np.int64)
+        self.gates = np.full((MAX_STEERINGS, MAX_CONDITIONS, total), TRUE_GATE, dtype=np.int64)
+        self.gate_all = np.ones((MAX_STEERINGS, total), dtype=bool)
+        self.probes = np.zeros((MAX_CONDITIONS, total), dtype=np.int64)
+        self.finish: list[int] = []
+        self.lanes = self.probe_lanes = 0
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a vLLM causal LM (``model.model.layers``: Llama, Mistral, Qwen2, ...)."""
     inner = getattr(model, "model", None)
@@ -167,43 +179,43 @@ class Controller:
             t.lanes = t.probe_lanes = 0
             return
         starts = np.concatenate([[0], np.cumsum(num_scheduled)])
-        slots = np.zeros((MAX_STEERINGS, total), dtype=np.int64)
-        gates = np.full((MAX_STEERINGS, MAX_CONDITIONS, total), TRUE_GATE, dtype=np.int64)
-        gate_all = np.ones((MAX_STEERINGS, total), dtype=bool)
-        probes = np.zeros((MAX_CONDITIONS, total), dtype=np.int64)
-        finish = []
-        lanes = probe_lanes = 0
+        step = StepArrays(total)
         for i, entry in entries:
             assert entry is not None
             lo, hi = int(starts[i]), int(starts[i + 1])
             first = int(batch.num_computed_tokens_cpu[i])
-            position = np.arange(first, first + hi - lo)
-            lanes = max(lanes, len(entry.steerings))
-            for lane, (steering, slot) in enumerate(zip(entry.steerings, entry.slots, strict=False)):
-                chosen = position >= steering.min_token_index
-                if steering.positions == "prompt":
-                    chosen &= position < entry.prompt_len
-                elif steering.positions == "generated":
-                    chosen &= position >= entry.prompt_len
-                slots[lane, lo:hi] = np.where(chosen, slot, 0)
-                leaves = entry.probes[lane]
-                if leaves:
-                    gate_all[lane, lo:hi] = steering.condition_mode == "all"
-                    pad = TRUE_GATE if steering.condition_mode == "all" else FALSE_GATE
-                    for k in range(MAX_CONDITIONS):
-                        gates[lane, k, lo:hi] = leaves[k] if k < len(leaves) else pad
-            if entry.all_probes and not entry.decided:
-                counted = (position >= entry.summed) & (position < entry.prompt_len)
-                for k, probe in enumerate(entry.all_probes):
-                    probes[k, lo:hi] = np.where(counted, probe, 0)
-                probe_lanes = max(probe_lanes, len(entry.all_probes))
-                end = first + hi - lo
-                entry.summed = max(entry.summed, min(end, entry.prompt_len))
-                if end >= entry.prompt_len:
-                    finish.extend(entry.all_probes)
-                    entry.decided = True
-        self._write(total, slots, gates, gate_all, probes, finish)
-        t.lanes, t.probe_lanes = lanes, probe_lanes
+            self._fill(step, entry, np.arange(first, first + hi - lo), lo, hi)
+        self._write(total, step.slots, step.gates, step.gate_all, step.probes, step.finish)
+        t.lanes, t.probe_lanes = step.lanes, step.probe_lanes
+
+    @staticmethod
+    def _fill(step: StepArrays, entry: RequestSteering, position: np.ndarray, lo: int, hi: int) -> None:
+        """One request's tokens ``lo:hi`` (absolute positions ``position``): their slots, gates and probes."""
+        step.lanes = max(step.lanes, len(entry.steerings))
+        for lane, (steering, slot) in enumerate(zip(entry.steerings, entry.slots, strict=True)):
+            chosen = position >= steering.min_token_index
+            if steering.positions == "prompt":
+                chosen &= position < entry.prompt_len
+            elif steering.positions == "generated":
+                chosen &= position >= entry.prompt_len
+            step.slots[lane, lo:hi] = np.where(chosen, slot, 0)
+            leaves = entry.probes[lane]
+            if leaves:
+                step.gate_all[lane, lo:hi] = steering.condition_mode == "all"
+                pad = TRUE_GATE if steering.condition_mode == "all" else FALSE_GATE
+                for k in range(MAX_CONDITIONS):
+                    step.gates[lane, k, lo:hi] = leaves[k] if k < len(leaves) else pad
+        if entry.all_probes and not entry.decided:
+            # each prompt position is summed once, also when a preempted prompt is computed again
+            counted = (position >= entry.summed) & (position < entry.prompt_len)
+            for k, probe in enumerate(entry.all_probes):
+                step.probes[k, lo:hi] = np.where(counted, probe, 0)
+            step.probe_lanes = max(step.probe_lanes, len(entry.all_probes))
+            end = int(position[-1]) + 1
+            entry.summed = max(entry.summed, min(end, entry.prompt_len))
+            if end >= entry.prompt_len:
+                step.finish.extend(entry.all_probes)
+                entry.decided = True
 
     def _write(self, total: int, slots: Any, gates: Any, gate_all: Any, probes: Any, finish: list[int]) -> None:
         t = self.tables
