@@ -82,6 +82,8 @@ class SteeringVector:
         ):
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
         self.num_layers = num_layers  # the model's layer count, when known: then -1 and n-1 name one layer
+        #: the file this vector was read from (``load``, ``from_gguf``), or None: how a spec names it in a dict
+        self.source: str | None = None
 
     # -- what it holds ------------------------------------------------------------------------
     @property
@@ -266,7 +268,9 @@ class SteeringVector:
         """Read a GGUF control vector: ``direction.i`` steers the output of decoder block ``i``."""
         from steerable.io.gguf import from_gguf
 
-        return from_gguf(path)
+        vector = from_gguf(path)
+        vector.source = str(path)
+        return vector
 
     @classmethod
     def from_steering_vectors(cls, obj: Any) -> SteeringVector:
@@ -303,7 +307,9 @@ class SteeringVector:
             raise ValueError(
                 f"{path.name}: not a readable safetensors file (truncated or corrupt?): {error}"
             ) from error
-        return cls._from_file_contents(path.name, metadata, tensors)
+        vector = cls._from_file_contents(path.name, metadata, tensors)
+        vector.source = str(path)
+        return vector
 
     @classmethod
     def _from_file_contents(cls, name: str, metadata: dict[str, str], tensors: dict[str, Tensor]) -> SteeringVector:

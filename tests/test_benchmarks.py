@@ -106,3 +106,81 @@ def test_gpu_script_dry_run_and_no_gpu(tmp_path, capsys) -> None:
         capsys.readouterr()
         assert gpu.main(["--out", str(tmp_path)]) == 0
         assert "no CUDA GPU here" in capsys.readouterr().out
+
+
+def test_the_forward_hook_baseline_does_the_same_steering_as_steerable() -> None:
+    import torch
+
+    from benchmarks.hooks import hooks, live_hooks
+    from steerable import SteerableModel, SteeringVector
+    from steerable.testing.tiny_models import tiny_llama
+
+    vanilla, steerable = tiny_llama(4), SteerableModel.wrap(tiny_llama(4))
+    vector = SteeringVector({i: torch.randn(64, generator=torch.Generator().manual_seed(i)) for i in range(4)})
+    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = vanilla(input_ids=ids).logits
+        with steerable.steer(vector, 2.0):
+            ours = steerable(input_ids=ids).logits
+        with hooks(vanilla, vector, 2.0):
+            hooked = vanilla(input_ids=ids).logits
+        state = {"m": 1.0}
+        with live_hooks(vanilla, vector, lambda: state["m"]):
+            state["m"] = 2.0  # read on every call: the new value steers without a new hook
+            live = vanilla(input_ids=ids).logits
+        after = vanilla(input_ids=ids).logits
+    torch.testing.assert_close(hooked, ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(live, ours, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain, ours, atol=1e-3)  # the steering changes the logits...
+    torch.testing.assert_close(after, plain, rtol=0, atol=0)  # ...and the hooks are gone afterwards
+
+
+def test_measure_ratios_pair_each_trial_with_its_baseline() -> None:
+    from benchmarks.measure import peak_rss, ratios, spread
+
+    values, base = [2.0, 6.0, 3.0], [1.0, 2.0, 3.0]
+    assert spread(values) == {"median": 3.0, "min": 2.0, "max": 6.0}
+    assert ratios(values, base) == {"ratio": 2.0, "ratio_min": 1.0, "ratio_max": 3.0}  # per-trial 2, 3, 1
+    assert ratios(values, base, of="medians")["ratio"] == 1.5  # median 3 / median 2
+    with peak_rss(interval_s=0.001) as memory:
+        block = bytearray(64 * 2**20)  # touched: resident
+        block[::4096] = b"x" * len(block[::4096])
+    assert memory.growth_mb >= 32, memory
+
+
+def test_data_location_is_an_argument_or_the_environment_variable(tmp_path, monkeypatch, capsys) -> None:
+    import re
+    from pathlib import Path
+
+    import pytest
+
+    from benchmarks import evaluation_report, learned_vectors, train_speed
+    from benchmarks.data import caa_data
+
+    monkeypatch.delenv("STEERABLE_CAA_DATA", raising=False)
+    for script in (train_speed, evaluation_report, learned_vectors):
+        with pytest.raises(SystemExit, match=r"pass --data DIR or set STEERABLE_CAA_DATA$"):
+            script.main([])
+        with pytest.raises(SystemExit, match=re.escape(f"{tmp_path}/generate/refusal/generate_dataset.json")):
+            script.main(["--data", str(tmp_path)])
+        with pytest.raises(SystemExit):
+            script.main(["--help"])
+        assert "STEERABLE_CAA_DATA" in capsys.readouterr().out
+    (tmp_path / "generate").mkdir()
+    (tmp_path / "generate" / "x.json").write_text("[]")
+    monkeypatch.setenv("STEERABLE_CAA_DATA", str(tmp_path))
+    import argparse
+
+    from benchmarks.data import add_data_argument
+
+    parser = argparse.ArgumentParser()
+    add_data_argument(parser)
+    assert caa_data(parser.parse_args([]).data, "generate/x.json") == tmp_path
+    root = Path(__file__).resolve().parent.parent
+    climbing = [
+        str(p.relative_to(root))
+        for folder in ("benchmarks", "examples")
+        for p in (root / folder).glob("*.py")
+        if re.search(r"parents\[|/ \"shared\"", p.read_text())
+    ]
+    assert climbing == []  # no script looks for data outside the checkout

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
 
     from steerable.chat_roles import chat_prompt
     from steerable.devices import input_device
+    from steerable.train.batching import tokenize
 
     multipliers = common.numbers(args.multipliers, "--multipliers")
     texts = prompts(args)
@@ -62,10 +63,8 @@ def run(args: argparse.Namespace) -> None:
     if layers is not None:
         vector = vector.select(layers)
     rows = [chat_prompt(tokenizer, p) if args.chat else p for p in texts for _ in multipliers]
-    # padding_side for this call only: the tokenizer's own setting stays as it was
-    batch = tokenizer(rows, return_tensors="pt", padding=True, padding_side="left")
-    device = input_device(model)
-    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    # left-padded for generation, chosen for this batch: the tokenizer's own padding_side stays as it was
+    inputs = tokenize(tokenizer, rows, padding_side="left").to(input_device(model)).inputs(with_positions=False)
     per_row = torch.tensor(multipliers * len(texts))  # one batched run: each row its own multiplier
     with torch.inference_mode(), model.steer(vector, per_row):
         out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)

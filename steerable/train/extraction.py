@@ -185,14 +185,14 @@ def _collect(
     ``pairs`` may be any iterable (a generator over a file, a streaming dataset): it is read in chunks
     of ``CHUNK_PAIRS``. Under torch.distributed each rank runs its share (see ``steerable.train.distributed``)
     and every rank returns the combined result."""
-    state, site, resolved = _where(model, how)
+    model, site, resolved = _where(model, how)
     _, world = rank_and_world()
     sums: dict[int, Tensor] = {}
     store = None if how.streaming else ReadStore([layer for layer, _ in resolved], how.offload_dir)
     reader = _PairReader(
         model, tokenizer, resolved, how.read_token_index, how.batch_size, how.move_to_cpu or not how.streaming
     )
-    seen = _read_pairs(state, site, resolved, reader, pairs, how, sums, store)
+    seen = _read_pairs(model, site, resolved, reader, pairs, how, sums, store)
     if how.streaming:
         if world > 1:  # a rank may have had no pair: it learns the width from the others
             widths = gather_objects({layer: int(t.shape[-1]) for layer, t in sums.items()})
@@ -206,25 +206,24 @@ def _collect(
 
 
 def _where(model: Any, how: _Reading) -> tuple[Any, str, list[tuple[int, int]]]:
-    """The model's state, the checked site and the resolved ``(layer, index)`` pairs; errors first."""
-    from steerable._runtime.state import resolve_layers
+    """The model, the checked site and the resolved ``(layer, index)`` pairs; errors first."""
+    from steerable import _runtime
     from steerable.model import SteerableModel
 
     if not isinstance(model, SteerableModel):
         raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
-    state = model._steerable
-    site = state.check_site(how.site)
+    site = _runtime.check_site(model, how.site)
     batch_size = how.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    layer_list = list(how.layers) if how.layers is not None else list(range(len(state.layers)))
+    layer_list = list(how.layers) if how.layers is not None else list(range(_runtime.layer_count(model)))
     if not layer_list:
         raise ValueError("layers is empty: give at least one layer index")
-    return state, site, resolve_layers(state, layer_list)
+    return model, site, _runtime.layer_indices(model, layer_list)
 
 
 def _read_pairs(
-    state: Any,
+    model: Any,
     site: str,
     resolved: list[tuple[int, int]],
     reader: _PairReader,
@@ -235,7 +234,7 @@ def _read_pairs(
 ) -> int:
     """Read this rank's share of ``pairs``, chunk by chunk, into ``sums`` (streaming) or ``store``;
     returns how many pairs there were (all ranks'). An error reaches every rank."""
-    from steerable.recording import taps_installed
+    from steerable import _runtime
 
     rank, world = rank_and_world()
     total = len(pairs) if isinstance(pairs, Sized) else None
@@ -244,7 +243,7 @@ def _read_pairs(
     seen = 0
     error: BaseException | None = None
     try:
-        with taps_installed(state, resolved, site, reader.make_tap), torch.inference_mode():
+        with _runtime.taps(model, resolved, site, reader.make_tap), torch.inference_mode():
             for chunk in _chunks(pairs, CHUNK_PAIRS):
                 numbers = range(seen, seen + len(chunk))
                 seen += len(chunk)
@@ -394,20 +393,25 @@ class _PairReader:
                 suffix = pad([token_ids[i][shared[i // 2] :] for i in rows], self.pad_id, "right")
                 mask = torch.cat([prefix.attention_mask.repeat_interleave(2, dim=0), suffix.attention_mask], dim=1)
                 self._forward(suffix.input_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
-            kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
-            pair_ids = torch.tensor([i // 2 for i in rows])
-            for layer, _ in self.resolved:
-                read = self.gathered.pop(layer).float()
-                read = read.cpu() if self.to_cpu else read
-                if sums is not None:
-                    here = kinds.to(read.device)
-                    part = torch.stack([read[here == k].double().sum(0) for k in (0, 1)])
-                    sums[layer] = sums[layer] + part if layer in sums else part
-                    continue
-                if layer not in out:
-                    out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
-                out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
+            self._keep(rows, n_pairs, sums, out)
         return out
+
+    def _keep(self, rows: list[int], n_pairs: int, sums: dict[int, Tensor] | None, out: dict[int, Tensor]) -> None:
+        """Move the last forward's reads (texts ``rows``: ``2k`` positive, ``2k + 1`` negative of pair ``k``)
+        into ``sums`` (added) or ``out`` (at their pairs)."""
+        kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
+        pair_ids = torch.tensor([i // 2 for i in rows])
+        for layer, _ in self.resolved:
+            read = self.gathered.pop(layer).float()
+            read = read.cpu() if self.to_cpu else read
+            if sums is not None:
+                here = kinds.to(read.device)
+                part = torch.stack([read[here == k].double().sum(0) for k in (0, 1)])
+                sums[layer] = sums[layer] + part if layer in sums else part
+                continue
+            if layer not in out:
+                out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
+            out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
 
 
 def _texts_and_reads(

@@ -150,35 +150,30 @@ def optimize_steering_vector(
     whole batch (tokens for ``likelihood``, items otherwise): every rank ends with the single-process
     vector. A callable objective is taken as a mean over its items.
     """
-    from steerable.model import SteerableModel
-
-    if not isinstance(model, SteerableModel):
-        raise TypeError("optimize_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
-    items = list(data)
-    if not items:
-        raise ValueError("data is empty: give at least one example")
+    items, layer_list = _checked_inputs(model, data, layers)
     loss_of = _objective(objective, tokenizer, _positive("beta", beta))
-    layer_list = list(layers)
-    if not layer_list:
-        raise ValueError("layers is empty: give at least one layer index")
     _check_counts(batch_size=batch_size, accumulate=accumulate, epochs=epochs, steps=steps, patience=patience)
-    rate = _positive("lr", lr)
-    run_multiplier = _multiplier(multiplier)
+    rate, run_multiplier = _positive("lr", lr), _multiplier(multiplier)
     max_norm = _positive("max_norm", max_norm) if max_norm is not None else None
     with _optimising(model):
         parameters = _start(model, layer_list, init)
-        per_epoch = math.ceil(len(items) / batch_size)
-        run = _Run(
-            model,
-            parameters,
-            torch.optim.Adam(list(parameters.values()), lr=rate),
-            loss_of,
-            run_multiplier,
-            max_norm,
-            total=steps if steps is not None else epochs * math.ceil(per_epoch / accumulate),
-        )
+        optimizer = torch.optim.Adam(list(parameters.values()), lr=rate)
+        total = steps if steps is not None else epochs * math.ceil(math.ceil(len(items) / batch_size) / accumulate)
+        run = _Run(model, parameters, optimizer, loss_of, run_multiplier, max_norm, total)
         _train(run, items, SteeringVector(parameters, site=site), batch_size, accumulate, seed, patience, show_progress)
     name = objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
+    return _learned(
+        model,
+        parameters,
+        site,
+        name,
+        description
+        or f"optimize_steering_vector objective={name} lr={lr!s} steps={run.done} batch_size={batch_size} beta={beta}",
+    )
+
+
+def _learned(model: Any, parameters: dict[int, nn.Parameter], site: str, name: str, description: str) -> SteeringVector:
+    """The learned vector on the CPU, with where it came from."""
     config = getattr(model, "config", None)
     return SteeringVector(
         {layer: p.detach().cpu().clone() for layer, p in parameters.items()},
@@ -186,10 +181,23 @@ def optimize_steering_vector(
         model_type=getattr(config, "model_type", None),
         model_name=model_name_of(config),
         method=f"learned:{name}",
-        description=description
-        or f"optimize_steering_vector objective={name} lr={lr!s} steps={run.done} batch_size={batch_size} beta={beta}",
+        description=description,
         num_layers=len(model.steerable_layers),
     )
+
+
+def _checked_inputs(model: Any, data: Iterable[Any], layers: Iterable[int]) -> tuple[list[Any], list[int]]:
+    """The items and the layers, as lists, checked non-empty; the model checked steerable."""
+    from steerable.model import SteerableModel
+
+    if not isinstance(model, SteerableModel):
+        raise TypeError("optimize_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
+    items, layer_list = list(data), list(layers)
+    if not items:
+        raise ValueError("data is empty: give at least one example")
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one layer index")
+    return items, layer_list
 
 
 def _check_counts(**counts: int | None) -> None:
