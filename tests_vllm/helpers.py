@@ -47,14 +47,16 @@ def random_vector(layers: list[int], hidden: int, seed: int, scale: float = 1.0)
     return SteeringVector({layer: torch.randn(hidden, generator=generator) * scale for layer in layers})
 
 
-def reference_tokens(
-    model: Any, prompt: list[int], steerings: list[dict[str, Any]], vectors: dict[str, Any]
-) -> list[int]:
-    """Greedy tokens of SteerableModel.generate for one prompt alone, with ``steerings`` applied in order."""
+def reference_tokens(model: Any, prompt: list[int], steerings: list[Any], vectors: dict[str, Any]) -> list[int]:
+    """Greedy tokens of SteerableModel.generate for one prompt alone, with ``steerings`` (request dicts naming
+    ``vectors``, or steerable.Steering specs) applied in order."""
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
     ids = torch.tensor([prompt])
     with contextlib.ExitStack() as stack:
         for spec in steerings:
+            if not isinstance(spec, dict):  # a steerable.Steering
+                stack.enter_context(SteerableModel.of(model).steer(spec))
+                continue
             kwargs: dict[str, Any] = {
                 k: spec[k] for k in ("operator", "positions", "min_token_index", "norm_preserving") if k in spec
             }

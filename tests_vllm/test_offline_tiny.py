@@ -176,6 +176,25 @@ def test_conditional_generated_positions_are_exact_across_chunked_prefill(setup:
         assert list(out.outputs[0].token_ids) == reference_tokens(setup["hf"], prompt, spec, setup["vectors"])
 
 
+def test_steering_to_request_is_the_request_contract(setup: dict[str, Any]) -> None:
+    from steerable import Steering
+    from steerable.conditions import Condition
+
+    vectors, files = setup["vectors"], setup["files"]
+    names = {str(files[name]): vector for name, vector in vectors.items()}  # vectors named by their files
+    prompt = prompts(1, 12, 13, seed=41)[0]
+    threshold = _score(setup, prompt, 1) - 0.01  # this prompt meets it
+    steerings = [
+        Steering(vectors["a"], 3.0, positions="generated", operator="ablate_then_add"),
+        Steering(vectors["b"], 2.0, min_token_index=4, condition=Condition(vectors["c"], 1, threshold)),
+    ]
+    request = [s.to_request(names=names) for s in steerings]
+    out = generate(setup["llm"], [(prompt, request)])[0]
+    expected = reference_tokens(setup["hf"], prompt, steerings, vectors)
+    assert list(out.outputs[0].token_ids) == expected
+    assert expected != reference_tokens(setup["hf"], prompt, steerings[:1], vectors), "the condition was met"
+
+
 def test_prefix_cache_is_never_shared_across_different_steering(setup: dict[str, Any]) -> None:
     llm, files = setup["llm"], setup["files"]
     prompt = prompts(1, 3 * BLOCK + 5, 3 * BLOCK + 6, seed=21)[0]
