@@ -158,10 +158,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 key = f"b{batch}/steerings={count}"
                 results.setdefault(key, []).append(vllm_trial(steered, texts, specs, args.new_tokens))
     del plain, steered
+    partial(args, kind, results)  # the vLLM numbers are kept even if the HF part does not finish
     tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
     hf = SteerableModel.from_pretrained(model, dtype=torch.float32).eval()
     vectors = [SteeringVector.load(p) for p in paths]
-    for batch in BATCHES:
+    for batch in args.hf_batches:
         texts = prompts(batch)
         for count in (0, 16):
             key = f"b{batch}/hf steerings={count}"
@@ -179,6 +180,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trials": results,
         "vs_plugin_free": ratios,
     }
+
+
+def partial(args: argparse.Namespace, kind: str, results: dict[str, list[float]]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.name}.partial.json"
+    path.write_text(json.dumps({"device": kind, "settings": vars(args), "trials": results}, indent=2, default=str))
 
 
 def write(report: dict[str, Any], out: Path) -> None:
@@ -201,7 +208,7 @@ def write(report: dict[str, Any], out: Path) -> None:
             f"| {b} | {s[f'b{b}/plugin-free']:.0f} | {s[f'b{b}/steerings=0']:.0f} ({r[f'b{b}/steerings=0']:.3f}x) | "
             f"{s[f'b{b}/steerings=1']:.0f} ({r[f'b{b}/steerings=1']:.3f}x) | "
             f"{s[f'b{b}/steerings=16']:.0f} ({r[f'b{b}/steerings=16']:.3f}x) | "
-            f"{s[f'b{b}/hf steerings=0']:.0f} | {s[f'b{b}/hf steerings=16']:.0f} |"
+            f"{s.get(f'b{b}/hf steerings=0', float('nan')):.0f} | {s.get(f'b{b}/hf steerings=16', float('nan')):.0f} |"
         )
     lines += ["", "Targets: plugin idle >= 0.99x, 16 distinct >= 0.95x plugin-free."]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager", action="store_true", help="enforce_eager (default: vLLM's compiled mode)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="vllm_serving", help="result file stem (.json and .md)")
+    parser.add_argument("--hf-batches", type=int, nargs="*", default=list(BATCHES), help="batches run through HF")
     args = parser.parse_args(argv)
     report = run(args)
     write(report, args.out)
