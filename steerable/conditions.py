@@ -208,3 +208,23 @@ def evaluate(expression: Expression, gates: dict[int, Tensor], ids: dict[int, in
     for value in values[1:]:
         out = out & value if isinstance(expression, AllOf) else out | value
     return out
+
+
+_MOVED_TO_SEARCH = ("find_best_condition_point", "ConditionSearch", "best_threshold", "prompt_scores", "classification")
+
+
+def __getattr__(name: str) -> Any:
+    """0.1 spellings: picking a condition moved to ``steerable.train.condition_search``."""
+    if name in _MOVED_TO_SEARCH:
+        import warnings
+
+        from steerable.train import condition_search
+
+        warnings.warn(
+            f"steerable.conditions.{name} moved in steerable 0.2: import it from steerable.train.condition_search "
+            "(or from steerable)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(condition_search, name)
+    raise AttributeError(f"module 'steerable.conditions' has no attribute {name!r}")

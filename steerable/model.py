@@ -162,14 +162,10 @@ class SteerableModel:
         what each means). ``token_indices`` is the steering-vectors library's spelling of a selection: a
         list of positions, a slice, or a 0/1 or boolean tensor.
         """
+        options = (operator, positions, min_token_index, norm_preserving, token_indices, tokenizer, condition, rows)
         if isinstance(vector, Steering):
-            given = {"multiplier": multiplier != 1.0, "operator": operator != "add", "positions": positions != "all"}
-            extra = [name for name, set_ in given.items() if set_ is True] + [
-                name
-                for name, value in (("min_token_index", min_token_index), ("token_indices", token_indices))
-                if value is not None
-            ]
-            if extra or norm_preserving or tokenizer is not None or condition is not None or rows is not None:
+            changed = [o for o, d in zip(options, _STEER_DEFAULTS, strict=True) if o is not d and not _same_str(o, d)]
+            if changed or not (isinstance(multiplier, float | int) and multiplier == 1.0):
                 raise TypeError("give a Steering alone, or a vector with keyword arguments: use spec.replace(...)")
             spec = vector
         else:
@@ -185,6 +181,14 @@ class SteerableModel:
         """One steering per batch row (per-request serving): ``requests[i]`` is a ``Steering``, a
         ``SteeringVector`` or None for row ``i``; see ``steerable.per_request``."""
         return steer_rows(self, requests)
+
+
+#: steer's keyword defaults, in the order of its signature (a Steering given alone must come with these)
+_STEER_DEFAULTS = ("add", "all", None, False, None, None, None, None)
+
+
+def _same_str(value: Any, default: Any) -> bool:
+    return isinstance(value, str) and value == default
 
 
 def _warn_model_mismatch(vector: SteeringVector, model_type: str | None) -> None:

@@ -60,10 +60,12 @@ def for_rows(
 
 
 def _unit(vector: Float[Tensor, "rows 1 d_model"]) -> Float[Tensor, "rows 1 d_model"]:
-    norm = vector.norm(dim=-1, keepdim=True)
-    if not torch.compiler.is_compiling() and bool((norm == 0).any()):
+    # scaled by its largest entry first: the squares of a tiny vector (1e-30 per entry) underflow to a zero norm
+    scale = vector.abs().amax(dim=-1, keepdim=True)
+    if not torch.compiler.is_compiling() and bool((scale == 0).any()):
         raise ValueError("cannot project onto a zero vector: give a non-zero steering vector")
-    return vector / norm
+    scaled = vector / scale
+    return scaled / scaled.norm(dim=-1, keepdim=True)
 
 
 class Add(Operator):

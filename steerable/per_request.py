@@ -36,7 +36,10 @@ def steer_rows(model: Any, requests: Sequence[Steering | SteeringVector | None])
     for number, request in enumerate(requests):
         spec = Steering(request) if isinstance(request, SteeringVector) else request
         if spec is not None and not isinstance(spec, Steering):
-            raise TypeError(f"request {number} must be a Steering, a SteeringVector or None, got {request!r}")
+            raise TypeError(
+                f"request {number} must be a RowSteering, a SteeringVector or None (a RowSteering is a "
+                f"steerable.Steering), got {request!r}"
+            )
         if spec is not None and (spec.rows is not None or spec.row_count is not None):
             raise ValueError(f"request {number} is already per-row: give each request one vector and one multiplier")
         specs.append(spec)

@@ -74,7 +74,7 @@ class Steering:
             if self.tokenizer is None:
                 raise ValueError(
                     f"positions={self.positions!r} finds the turn with the tokenizer's chat template: "
-                    "give tokenizer=... (the model's tokenizer)"
+                    "pass tokenizer=... (the model's tokenizer)"
                 )
             set_(self, "markers", ChatMarkers.from_tokenizer(self.tokenizer).tensors(self.positions))  # type: ignore[arg-type]
         if self.condition is not None:

@@ -418,3 +418,29 @@ def test_a_vector_file_with_deeply_nested_metadata_is_one_line(tmp_path, capsys)
     save_file(tensors, str(tmp_path / "deep.safetensors"), {**metadata, "layers": "[" * 100_000 + "]" * 100_000})
     assert main(["info", str(tmp_path / "deep.safetensors")]) == 2  # was a RecursionError traceback
     assert "nested too deeply to read" in _one_line_error(capsys, "info")
+
+
+def test_generate_builds_the_steering_spec_the_library_would(tiny_dir, tmp_path, capsys) -> None:
+    """--operator, --positions and --min-token-index make the same Steering as model.steer: the
+    printed replies equal generating with that steering through the library."""
+    import transformers
+
+    from steerable import SteerableModel, Steering
+
+    vector = SteeringVector({1: torch.randn(32, generator=torch.Generator().manual_seed(3)) * 8})
+    vector.save(tmp_path / "v.safetensors")
+    args = ["generate", "--model", str(tiny_dir), "--vector", str(tmp_path / "v.safetensors"), "--no-chat"]
+    args += ["--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--multipliers=3"]
+    args += ["--operator", "ablate_then_add", "--positions", "generated", "--min-token-index", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    model = SteerableModel.from_pretrained(str(tiny_dir)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_dir))
+    ids = tokenizer(["w5 w6 w7"], return_tensors="pt")
+    spec = Steering(vector, [3.0], operator="ablate_then_add", positions="generated", min_token_index=4)
+    with torch.inference_mode(), model.steer(spec):
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert " ".join(reply.split()) in " ".join(printed.split())
+    assert main([*args[:-6], "--operator", "twist"]) != 0
+    assert "unknown operator 'twist'" in capsys.readouterr().err

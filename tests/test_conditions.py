@@ -158,7 +158,7 @@ def test_bad_conditions_are_refused_and_leave_the_model_untouched(model, change,
     base = dict(vector=direction(3), layer=0, threshold=0.1, comparator=">", score="projection")
     with pytest.raises(error, match=message):
         model.steer(behaviour(), 1.0, condition=Condition(**(base | change)))
-    assert not model.is_steering and model._steerable.deciding == 0 and not model._steerable.selections
+    assert not model.is_steering and model._steerable.active is None and not model._steerable.installed
     with pytest.raises(TypeError, match="conditions combine with conditions"):
         Condition(**base) & "rows"
 
@@ -194,3 +194,69 @@ def test_conditional_gradients_under_checkpointing_entering_the_inner_model_equa
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
     unconditional_loss, _ = loss_and_grads(vanilla, vanilla.model)
     assert not torch.allclose(unconditional_loss, want_loss)  # the steered rows did change the loss
+
+
+def test_a_half_precision_condition_scores_long_prompts_in_float32() -> None:
+    """fp16 sums of a long prompt overflowed to inf, the score became NaN and the condition never
+    fired; the score now equals the float32 model's within fp16's rounding."""
+    half = SteerableModel.wrap(tiny_model("llama")).half()
+    full = SteerableModel.wrap(tiny_model("llama"))
+    ids = torch.randint(3, 90, (1, 1400), generator=torch.Generator().manual_seed(0))
+    c = direction(7)
+    with half.record(layers=[1]) as got, full.record(layers=[1]) as expected, torch.no_grad():
+        half(input_ids=ids)
+        full(input_ids=ids)
+    prompt = torch.ones(1, 1400, dtype=torch.bool)
+    score = condition_scores(got[1] * 300, prompt, c)  # large activations: an fp16 sum would be inf
+    reference = condition_scores(expected[1].float() * 300, prompt, c)
+    assert torch.isfinite(score).all()
+    torch.testing.assert_close(score, reference, atol=2e-3, rtol=0)
+
+
+def test_thresholds_are_never_rounded_to_the_models_dtype() -> None:
+    """A threshold just below a row's score fires whatever the model's dtype (bf16 rounded 0.40135 to
+    0.40039) and however close (half a float32 ulp)."""
+    model = SteerableModel.wrap(tiny_model("llama"))
+    ids, mask = left_pad(ROWS[:2])
+    c = direction(9)
+    with model.record(layers=[1]) as recording, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    scores = condition_scores(recording[1], mask.bool(), c)
+    below = float(scores[0]) - 1e-9  # between the score and the float32 number under it
+    condition = Condition(SteeringVector({1: c}), 1, below, ">")
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        with model.record(layers=[1]) as recording, torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        score = float(condition_scores(recording[1], mask.bool(), c)[0])
+        threshold = score - 1e-9
+        condition = Condition(SteeringVector({1: c}), 1, threshold, ">")
+        with model.steer(behaviour(), 50.0, condition=condition), torch.no_grad():
+            steered = model(input_ids=ids, attention_mask=mask).logits
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        assert not torch.equal(steered[0], plain[0]), dtype  # fires: the threshold is below the score
+        condition = Condition(SteeringVector({1: c}), 1, score + 1e-9, ">")
+        with model.steer(behaviour(), 50.0, condition=condition), torch.no_grad():
+            assert torch.equal(model(input_ids=ids, attention_mask=mask).logits[0], plain[0]), dtype
+    assert below < float(scores[0])
+
+
+def test_python_and_or_on_conditions_is_an_error_naming_and_or() -> None:
+    a, b = Condition(direction(1), 1, 0.1), Condition(direction(2), 1, 0.2)
+    with pytest.raises(TypeError, match=r"combine conditions with & \(all of\) and \| \(any of\)"):
+        _ = a and b
+    with pytest.raises(TypeError, match="no truth value"):
+        _ = (a & b) or a
+
+
+@pytest.mark.parametrize("site", ["mlp", "attn", "input_norm"])
+def test_a_sub_module_site_of_the_condition_layer_is_refused_at_steer(site) -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    condition = Condition(direction(1), 1, 0.0)
+    at_site = SteeringVector({1: direction(2)}, site=site)
+    with pytest.raises(ValueError, match=f"steers site '{site}' of layer 1, where the condition is decided"):
+        model.steer(at_site, 1.0, condition=condition)
+    assert not model.is_steering
+    with model.steer(SteeringVector({2: direction(2)}, site=site), 1.0, condition=condition):
+        ids, mask = left_pad(ROWS[:2])
+        model(input_ids=ids, attention_mask=mask)  # a later layer's site works

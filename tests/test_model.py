@@ -220,3 +220,45 @@ def test_pickle_and_torch_save_store_the_plain_model_which_re_wraps(pair) -> Non
     v = SteeringVector({1: torch.randn(32)})
     with again.steer(v, 2.0), model.steer(v, 2.0):
         assert torch.equal(logits(again), logits(model))
+
+
+def test_deepcopy_gives_a_steerable_copy_with_its_own_idle_state() -> None:
+    import copy
+
+    from steerable import Steering
+
+    model = SteerableModel.wrap(tiny_model("llama"))
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]])
+    v = SteeringVector({1: torch.randn(32, generator=torch.Generator().manual_seed(0))})
+    plain = model(input_ids=ids, attention_mask=mask).logits
+    with model.steer(v, 4.0) as handle:
+        steered = model(input_ids=ids, attention_mask=mask).logits
+        twin = copy.deepcopy(model)
+        assert isinstance(twin, SteerableModel) and type(twin).__name__ == type(model).__name__
+        assert not twin.is_steering  # steerings stay with the original
+        assert not any("steering_" in name for name, _ in twin.named_buffers())
+        assert torch.equal(twin(input_ids=ids, attention_mask=mask).logits, plain)
+        with twin.steer(handle.steering):
+            assert torch.equal(twin(input_ids=ids, attention_mask=mask).logits, steered)
+            assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, steered)
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, steered)
+        assert twin.steerable_layers[0] is not model.steerable_layers[0]
+    assert isinstance(copy.deepcopy(Steering(v)).vector, SteeringVector)
+    restored = pickle.loads(pickle.dumps(model))  # pickle keeps storing the plain model, after steering too
+    assert not isinstance(restored, SteerableModel)
+    assert not any(k.startswith("_steerable") for m in restored.modules() for k in vars(m))
+    assert torch.equal(restored(input_ids=ids, attention_mask=mask).logits, plain)
+
+
+def test_assisted_generation_with_a_plain_assistant_equals_generation_without_it() -> None:
+    model = SteerableModel.wrap(tiny_model("llama"))
+    assistant = tiny_model("llama", seed=1)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    alone = model.generate(input_ids=ids, **settings)
+    assert torch.equal(model.generate(input_ids=ids, assistant_model=assistant, **settings), alone)  # idle
+    v = SteeringVector({1: torch.randn(32, generator=torch.Generator().manual_seed(2)) * 4})
+    with model.steer(v, 1.0, positions="generated"):
+        steered = model.generate(input_ids=ids, **settings)
+        assisted = model.generate(input_ids=ids, assistant_model=assistant, **settings)
+    assert torch.equal(assisted, steered) and not torch.equal(steered, alone)

@@ -141,3 +141,22 @@ def test_clamp_with_per_row_vectors_and_a_plain_multiplier_equals_a_hook(pair) -
     with hooked(vanilla, {1: lambda h: h + (0.5 - (h * units).sum(-1, keepdim=True)) * units}):
         expected = logits(vanilla)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_projections_onto_a_tiny_vector_use_its_direction() -> None:
+    """A vector of 1e-30 per entry is not zero: ablate and clamp project onto its direction (its squares
+    underflowed to a zero norm before)."""
+    from steerable.operators import OPERATORS
+
+    direction = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    hidden = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(5))
+    for name in ("ablate", "clamp", "ablate_then_add"):
+        op = OPERATORS[name]
+        m = torch.tensor(0.5).reshape(1, 1, 1)
+        tiny = op.apply(hidden, op.prepare((direction * 1e-30).reshape(1, 1, 32), m), None)
+        normal = op.apply(hidden, op.prepare(direction.reshape(1, 1, 32), m), None)
+        if name == "ablate_then_add":  # the added part scales with the vector; the ablation does not
+            normal = normal - 0.5 * direction + 0.5 * direction * 1e-30
+        torch.testing.assert_close(tiny, normal, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot project onto a zero vector"):
+        OPERATORS["ablate"].prepare(torch.zeros(1, 1, 32), torch.tensor(1.0).reshape(1, 1, 1))

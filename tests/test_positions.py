@@ -238,3 +238,23 @@ def test_a_token_mask_whose_rows_do_not_match_is_an_error_outside_generate(pair)
     with model.steer(SteeringVector({1: torch.randn(32)}), positions=torch.ones(1, 5, dtype=torch.bool)):
         with pytest.raises(ValueError, match="the token mask has 1 rows but the batch has 3.*only inside generate"):
             logits(model)
+
+
+@pytest.mark.parametrize("rows", [[9, 4], [120, 90, 70]])  # few tokens: masked in one op; many: per layer
+def test_token_selective_adds_equal_a_hook_for_short_and_long_forwards(rows) -> None:
+    """A selection's adds are masked for all layers in one op on short forwards (decode steps) and by
+    a fused multiply-add per layer on long ones: both equal a hook adding the vector where selected."""
+    vanilla = tiny_model("llama")
+    model = SteerableModel.wrap(tiny_model("llama"))
+    generator = torch.Generator().manual_seed(11)
+    ids, mask = left_pad([torch.randint(3, 90, (n,), generator=generator).tolist() for n in rows])
+    v = vector()
+    start = 3
+    keep = (mask.cumsum(-1) - 1 >= start).unsqueeze(-1)  # absolute positions from each row's first token
+    edits = {i: (lambda h, d=v[i]: torch.where(keep, h + 2.0 * d, h)) for i in v.layers}
+    with torch.no_grad(), hooked(vanilla, edits):
+        expected = vanilla(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    with torch.no_grad(), model.steer(v, 2.0, min_token_index=start):
+        got = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=0, atol=1e-5)

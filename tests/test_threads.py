@@ -106,7 +106,48 @@ def test_steering_and_removing_from_many_threads_leaves_a_clean_model() -> None:
                 pass
 
     run_in_threads(work, 4)
-    assert not model.is_steering and model._steerable.selections == ()
+    assert not model.is_steering and model._steerable.active is None
     assert not any("steering_" in name for name, _ in model.named_buffers())
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, idle)
+
+
+def test_applying_and_removing_while_another_thread_runs_forwards_gives_whole_steerings() -> None:
+    """Each forward runs with the steerings in force when it entered the model: steered by all of a
+    configuration or by none of it, never part, and never an error, whatever the other thread does."""
+    from steerable import Condition, Steering
+
+    model = SteerableModel.wrap(tiny_model("llama"))
+    torch.manual_seed(4)
+    v, c = SteeringVector({i: torch.randn(32) for i in range(1, 3)}), SteeringVector({1: torch.randn(32)})
+    ids, mask = BATCHES[0]
+    configurations = [
+        lambda: model.steer(v, 3.0, min_token_index=2),
+        lambda: model.steer(v, -2.0, condition=Condition(c, 1, -1.0)),  # fires on every row
+        lambda: model.steer_rows([Steering(v, 2.0), Steering(v, 1.0, operator="ablate")]),
+    ]
+    with torch.no_grad():
+        outcomes = [model(input_ids=ids, attention_mask=mask).logits]
+        for apply in configurations:
+            with apply():
+                outcomes.append(model(input_ids=ids, attention_mask=mask).logits)
+    assert all(not torch.equal(outcomes[0], other) for other in outcomes[1:])
+    stop = threading.Event()
+
+    def work(i: int) -> list[int]:
+        if i == 1:  # the other thread: apply and remove, as fast as it can, until the forwards end
+            while not stop.is_set():
+                for apply in configurations:
+                    apply().remove()
+            return []
+        seen = []
+        with torch.no_grad():
+            for _ in range(150):
+                got = model(input_ids=ids, attention_mask=mask).logits
+                seen.append(next((k for k, known in enumerate(outcomes) if torch.equal(got, known)), -1))
+        stop.set()
+        return seen
+
+    seen = run_in_threads(work, 2)[0]
+    assert -1 not in seen, f"{seen.count(-1)} of 150 forwards were partly steered"
+    assert not model.is_steering and model._steerable.active is None

@@ -116,3 +116,22 @@ def test_update_swaps_a_trainable_vector_and_fixed_values_are_copied_on_the_way_
         with model.steer(SteeringVector({1: mine}), 1.0):
             mine.mul_(100.0)  # the caller's tensor changes: the steering does not
             assert torch.equal(model(input_ids=IDS, attention_mask=MASK).logits, before)
+
+
+def test_in_bfloat16_a_trainable_vector_steers_exactly_as_the_same_vector_fixed() -> None:
+    """One rounding rule for both: multiplier x vector in float32, then the layer's dtype (the trainable
+    path used to round each factor to bf16 first: logits 0.0156 apart at multiplier 0.3)."""
+    model = SteerableModel.wrap(tiny_model("llama")).to(torch.bfloat16)
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11, 12]])
+    torch.manual_seed(5)
+    values = {i: torch.randn(32) * 3 for i in range(3)}
+    with torch.no_grad(), model.steer(SteeringVector(values), 0.3, min_token_index=1):
+        fixed = model(input_ids=ids, attention_mask=mask).logits
+    learned = SteeringVector({i: nn.Parameter(v.clone()) for i, v in values.items()})
+    with model.steer(learned, 0.3, min_token_index=1):
+        trainable = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(fixed, trainable.detach())
+    with model.steer(learned, torch.tensor(0.3, requires_grad=True), operator="ablate_then_add"):
+        live = model(input_ids=ids, attention_mask=mask).logits.detach()
+    with torch.no_grad(), model.steer(SteeringVector(values), 0.3, operator="ablate_then_add"):
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, live)

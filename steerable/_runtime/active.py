@@ -29,6 +29,17 @@ class Op:
     tensors: dict[str, Tensor]  # prepared, in the module's dtype and device
     live: tuple[Tensor, Tensor] | None  # trainable: the caller's (vector, multiplier), prepared per forward
     rows: int | None  # per-row: tensors with this many rows match the batch (in generate, its prompts)
+    batched: int | None = None  # a masked add whose delta is row ``batched`` of its selection's Batch
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """The masked adds of one token selection, stacked: a short forward (a decode step) masks them all in
+    one op, and each layer then adds its row (one add, as a forward hook would) instead of a fused
+    multiply-add per layer."""
+
+    selection: int
+    deltas: Tensor  # [n, 1, 1, d_model]
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +68,7 @@ class Active:
     ops: dict[int, tuple[Op, ...]] = field(default_factory=dict)  # module key -> its steerings, in order
     probes: dict[int, tuple[ProbeOp, ...]] = field(default_factory=dict)
     selections: tuple[SelectionOp, ...] = ()
+    batches: tuple[Batch, ...] = ()
 
     @property
     def needs_positions(self) -> bool:

@@ -69,10 +69,14 @@ def steer_output(
     for op in ops:
         if op.kind == FAST_ADD:  # the common case: add one vector to every token
             hidden = hidden + _fitted(op.tensors["delta"], hidden, step, op.rows)
-        elif op.kind == MASKED_ADD:  # hidden + weight * delta: one fused op
+        elif op.kind == MASKED_ADD:
             assert op.selection is not None
-            delta = _fitted(op.tensors["delta"], hidden, step, op.rows)
-            hidden = torch.addcmul(hidden, step.weight(op.selection, hidden), delta)
+            masked = step.batched.get(op.selection) if op.batched is not None else None
+            if masked is not None:  # masked for every layer at once (see active.Batch): one add
+                hidden = hidden + _fitted(masked[op.batched], hidden, step, None)  # type: ignore[index]
+            else:  # hidden + weight * delta: one fused op
+                delta = _fitted(op.tensors["delta"], hidden, step, op.rows)
+                hidden = torch.addcmul(hidden, step.weight(op.selection, hidden), delta)
         else:
             mask = None if op.selection is None else step.mask(op.selection, hidden.device)
             hidden = op.operator.apply(hidden, _prepared(op, hidden, step), mask)
@@ -128,27 +132,26 @@ def make_steerable(module: nn.Module, key: int, fallback: Callable[[Tensor], Ste
     assert isinstance(module, SteerableLayer)
     module.__dict__["_steerable_inner"] = inner  # on the instance: a call in flight in another thread
     module._steerable_key = key
-    module._steerable_fallback = fallback  # outlives a swap back (see restore)
+    module._steerable_fallback = fallback
     module._steerable_taps = ()
     module._steerable_sites_need_step = False
     return module
 
 
 def restore(module: nn.Module) -> None:
-    """Give ``module`` back its original class. Its steerable attributes stay behind, inert, so that a
-    forward another thread is running through the module right now finishes as a plain forward."""
+    """Give ``module`` back its original class and drop every attribute steerable added. The model's
+    state calls this only when no forward runs through the module (see ``ModelState.leave``) and
+    gradient checkpointing is off (a recompute would run this class's forward again)."""
     if not isinstance(module, SteerableLayer):
         return
-    module._steerable_taps = ()
-    module._steerable_sites_need_step = False
     set_class(module, module._steerable_base)
-
-
-def forget(module: nn.Module) -> None:
-    """``restore``, then remove every attribute steerable added (for ``unwrap``)."""
-    restore(module)
     for attribute in ("_steerable_inner", "_steerable_key", "_steerable_fallback", "_steerable_taps"):
         module.__dict__.pop(attribute, None)
     module.__dict__.pop("_steerable_sites_need_step", None)
+
+
+def forget(module: nn.Module) -> None:
+    """``restore``, and drop the module's steering buffers (for ``unwrap``)."""
+    restore(module)
     for name in [n for n in module._buffers if n.startswith("steering_")]:
         module._buffers.pop(name, None)

@@ -6,6 +6,7 @@ changed only by installing, removing and tapping, under the lock.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import threading
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steerable._runtime.active import Active, Op, ProbeOp, SelectionOp
-from steerable._runtime.layer import SteerableLayer, make_steerable, restore
+from steerable._runtime.active import Active, Batch, Op, ProbeOp, SelectionOp
+from steerable._runtime.layer import MASKED_ADD, SteerableLayer, make_steerable, restore
 from steerable._runtime.pool import Pool, Probe, SelectionSlot, Slot, tensors_of
 from steerable._runtime.step import (
     PROMPT_LENGTHS,
@@ -85,8 +86,12 @@ class ModelState:
         if not ops and not probes:
             self.active = None
             return
+        batches = _batched(ops, selections)
         self.active = Active(
-            {k: tuple(v) for k, v in ops.items()}, {k: tuple(v) for k, v in probes.items()}, tuple(selections)
+            {k: tuple(v) for k, v in ops.items()},
+            {k: tuple(v) for k, v in probes.items()},
+            tuple(selections),
+            batches,
         )
 
     # -- the step context ----------------------------------------------------------------------
@@ -133,6 +138,10 @@ class ModelState:
             )
             if selection.gate is not None:
                 context.conditional[selection.index] = selection.gate
+        if batch * seq_len <= BATCHED_TOKENS:  # decode steps: one op masks every layer's add
+            for stacked in active.batches:
+                weight = context.masks[stacked.selection].to(stacked.deltas.device, stacked.deltas.dtype)
+                context.batched[stacked.selection] = (stacked.deltas * weight).unbind(0)
         return context
 
     def fallback_step(self, hidden: Tensor) -> StepContext:
@@ -242,6 +251,32 @@ class ModelState:
                 layer._steerable_sites_need_step = used
 
 
+#: A forward of at most this many tokens (batch x sequence) masks a selection's adds in one op.
+BATCHED_TOKENS = 256
+
+
+def _batched(ops: dict[int, list[Op]], selections: list[SelectionOp]) -> tuple[Batch, ...]:
+    """Stack the fixed masked adds of each unconditional selection (see ``active.Batch``); their ops, in
+    ``ops``, learn their row. Adds on several devices or dtypes, or per row, stay fused multiply-adds."""
+    plain = {s.index for s in selections if s.gate is None}
+    found: dict[int, list[tuple[int, int]]] = {}
+    for key, module_ops in ops.items():
+        for position, op in enumerate(module_ops):
+            if op.kind == MASKED_ADD and op.rows is None and op.live is None and op.selection in plain:
+                found.setdefault(op.selection, []).append((key, position))  # type: ignore[arg-type]
+    batches = []
+    for selection, places in found.items():
+        deltas = [ops[key][position].tensors["delta"] for key, position in places]
+        first = deltas[0]
+        if any(d.dtype != first.dtype or d.device != first.device or d.shape != first.shape for d in deltas):
+            continue
+        with torch.inference_mode(False):
+            batches.append(Batch(selection, torch.stack(deltas)))
+        for row, (key, position) in enumerate(places):
+            ops[key][position] = dataclasses.replace(ops[key][position], batched=row)
+    return tuple(batches)
+
+
 def _memory(cache: Any) -> dict[int, Tensor] | None:
     """The condition decisions kept with a KV cache (a new sequence starts with none), or None for a
     forward without a cache object (every forward then decides on its own prompt)."""
@@ -266,7 +301,8 @@ def resolve_layers(state: ModelState, layers: list[int]) -> list[tuple[int, int]
                 f"(use 0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
             )
         index = layer % n_layers
-        if any(index == seen for _, seen in resolved):
-            raise ValueError(f"layer {layer} and layer {index} name the same decoder layer; give it once")
+        earlier = next((given for given, seen in resolved if seen == index), None)
+        if earlier is not None:
+            raise ValueError(f"layer {earlier} and layer {layer} name the same decoder layer ({index}); give it once")
         resolved.append((layer, index))
     return resolved

@@ -57,6 +57,7 @@ class StepContext:
     memory: dict[int, Tensor] | None = None
     prompt: Bool[Tensor, "batch seq"] | None = None
     conditional: dict[int, Any] = field(default_factory=dict)
+    batched: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # selection -> each layer's masked add
     _weights: dict[int, Tensor] = field(default_factory=dict)
 
     @property
@@ -272,7 +273,8 @@ def rows_for_batch(tensor: Tensor, batch: int, what: str, prompts: int | None = 
     where = (
         f"generate was given {prompts} prompts (the batch has {batch} rows): give one row per prompt"
         if prompts is not None
-        else f"the batch has {batch} rows: give one row per batch row"
+        else f"the batch has {batch} rows: give one row per batch row (rows are repeated only inside generate, one "
+        "per prompt for its num_return_sequences or beams)"
     )
     raise ValueError(f"{what} has {rows} rows but {where}")
 

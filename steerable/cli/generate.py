@@ -17,6 +17,9 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--vector", required=True, help="a .safetensors or .gguf vector file")
     p.add_argument("--multipliers", "--multiplier", default="0,3", help="comma-separated; write --multipliers=-4,0,4")
     p.add_argument("--layers", default=None, help="steer only these of the file's layers (comma-separated)")
+    p.add_argument("--operator", default="add", help="add, ablate, ablate_then_add or clamp")
+    p.add_argument("--positions", default="all", help="all, prompt, generated, assistant or last_user_turn")
+    p.add_argument("--min-token-index", type=int, default=None, help="steer only tokens at this position or later")
     p.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="JSON (strings or {question}), JSONL, or one prompt per line")
     p.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
@@ -65,11 +68,22 @@ def run(args: argparse.Namespace) -> None:
     rows = [chat_prompt(tokenizer, p) if args.chat else p for p in texts for _ in multipliers]
     # left-padded for generation, chosen for this batch: the tokenizer's own padding_side stays as it was
     inputs = tokenize(tokenizer, rows, padding_side="left").to(input_device(model)).inputs(with_positions=False)
-    per_row = torch.tensor(multipliers * len(texts))  # one batched run: each row its own multiplier
-    with torch.inference_mode(), model.steer(vector, per_row):
+    spec = steering(args, vector, multipliers * len(texts), tokenizer)  # one batched run: a multiplier per row
+    with torch.inference_mode(), model.steer(spec):
         out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     show(texts, multipliers, replies)
+
+
+def steering(args: argparse.Namespace, vector: Any, multipliers: list[float], tokenizer: Any) -> Any:
+    """The command's ``Steering``, built from its options as a request's dict is (one rule for both)."""
+    from steerable.spec import Steering
+
+    data: dict[str, Any] = {"vector": "--vector", "multiplier": multipliers, "operator": args.operator}
+    data["positions"] = args.positions
+    if args.min_token_index is not None:
+        data["min_token_index"] = args.min_token_index
+    return Steering.from_dict(data, vectors={"--vector": vector}, allow_paths=False, tokenizer=tokenizer)
 
 
 def show(texts: list[str], multipliers: list[float], replies: list[str]) -> None:
