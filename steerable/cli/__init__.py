@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: every option passes through
         return bench.main(argv[1:])
+    if argv[:1] == ["serve"]:  # vLLM's OpenAI-compatible server with the steering plugin; its flags pass through
+        from steerable.serving.server import main as serve
+
+        return serve(argv[1:])
     args = parser().parse_args(argv)
     try:
         check_counts(args)  # before any work: a negative count would slice from the end
