@@ -151,19 +151,25 @@ def test_rows_inside_generate_are_matched_to_prompts_never_by_divisibility(model
     one, one_mask = left_pad(ROWS[:1])
     with model.steer_rows([RowSteering(v, 2.0), None, RowSteering(v, -2.0)]):
         with pytest.raises(ValueError, match="has 3 rows but generate was given 1 prompts"):
-            model.generate(input_ids=one, attention_mask=one_mask, num_return_sequences=3, do_sample=True, **{
-                k: v for k, v in GENERATE.items() if k != "do_sample"
-            })
+            model.generate(
+                input_ids=one,
+                attention_mask=one_mask,
+                num_return_sequences=3,
+                do_sample=True,
+                **{k: v for k, v in GENERATE.items() if k != "do_sample"},
+            )
     # one row per prompt is repeated for its copies: equal to each prompt alone
     with model.steer(v, torch.tensor([3.0, -3.0])):
-        both = model.generate(input_ids=ids[:2], attention_mask=mask[:2], num_return_sequences=2, **{
-            **GENERATE, "num_beams": 2
-        })
+        both = model.generate(
+            input_ids=ids[:2], attention_mask=mask[:2], num_return_sequences=2, **{**GENERATE, "num_beams": 2}
+        )
     for row, m in enumerate((3.0, -3.0)):
         with model.steer(v, m):
-            alone = model.generate(input_ids=ids[row : row + 1], attention_mask=mask[row : row + 1], **{
-                **GENERATE, "num_beams": 2, "num_return_sequences": 2
-            })
+            alone = model.generate(
+                input_ids=ids[row : row + 1],
+                attention_mask=mask[row : row + 1],
+                **{**GENERATE, "num_beams": 2, "num_return_sequences": 2},
+            )
         assert torch.equal(both[2 * row : 2 * row + 2, -5:], alone[:, -5:]), row
 
 

@@ -22,7 +22,9 @@ def trainable_vector() -> SteeringVector:
     return SteeringVector({i: nn.Parameter(torch.randn(32, generator=generator)) for i in (0, 2)})
 
 
-def gradients(step: Callable[[object, SteeringVector], None], checkpointing: bool, reentrant: bool) -> dict[str, object]:
+def gradients(
+    step: Callable[[object, SteeringVector], None], checkpointing: bool, reentrant: bool
+) -> dict[str, object]:
     """Run ``step(model, vector)`` (a forward, a change, a backward) and return every gradient."""
     model = SteerableModel.wrap(tiny_model("llama"))
     model.train()

@@ -100,7 +100,12 @@ def test_dicts_round_trip_with_names_paths_conditions_masks_and_rows(tmp_path) -
     loaded = SteeringVector.load(path)
     condition = Condition(c, 1, 0.25, "<") | Condition(c, 2, -0.5, score="cosine")
     spec = Steering(
-        loaded, 1.5, operator="clamp", positions=torch.tensor([True, False, True]), condition=condition, rows=[True, False]
+        loaded,
+        1.5,
+        operator="clamp",
+        positions=torch.tensor([True, False, True]),
+        condition=condition,
+        rows=[True, False],
     )
     data = spec.to_dict(names={"topic": c})
     assert json.loads(json.dumps(data)) == data
