@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from steerable.chat_roles import ROLES, ChatMarkers, role_mask
 from steerable.train.aggregators import AGGREGATORS, Aggregator
 from steerable.train.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
-from steerable.train.pairs import ContrastivePair, ReadIndex
+from steerable.train.pairs import ContrastivePair, ReadIndex, as_pair
 from steerable.train.read_store import ReadStore
 from steerable.vectors import SteeringVector, model_name_of
 
@@ -403,6 +403,7 @@ def _texts_and_reads(
     texts: list[str] = []
     reads: list[int | slice | str] = []
     for number, pair in zip(numbers, pairs, strict=True):
+        pair = as_pair(pair) or pair  # other libraries' samples (steering-vectors, repeng, CAST) too
         if isinstance(pair, ContrastivePair):
             items = [(pair.positive, pair.read_positive_token_index), (pair.negative, pair.read_negative_token_index)]
         elif isinstance(pair, (tuple, list)) and len(pair) == 2:
