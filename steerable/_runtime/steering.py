@@ -173,7 +173,9 @@ def make_plan(
 ) -> Plan:
     """Validate everything and compute every tensor before the model is touched."""
     if not isinstance(vector, SteeringVector):
-        raise TypeError(f"expected a SteeringVector, got {type(vector).__name__}")
+        from steerable.io.other_libraries import foreign_vector_hint
+
+        raise TypeError(f"expected a steerable.SteeringVector, got {_qualname(vector)}{foreign_vector_hint(vector)}")
     op = resolve_operator(operator, norm_preserving)
     state.check_site(vector.site)
     # the built-in sites carry the residual width; a registered custom site may have its own
@@ -220,6 +222,10 @@ def make_plan(
                 )
         layers[index] = (tensors, (v, m) if trainable else None)
     return Plan(op, selection, rows_of_vector, layers)
+
+
+def _qualname(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _multiplier(multiplier: Any, vector_rows: int | None) -> tuple[Tensor, int | None]:
@@ -277,10 +283,10 @@ def _token_indices(indices: Any, min_token_index: int | None) -> tuple[PositionM
         mask[list(indices)] = True
         return mask, min_token_index
     if isinstance(indices, Tensor):
-        if indices.dtype != torch.bool:
-            if indices.is_floating_point() or not bool(((indices == 0) | (indices == 1)).all()):
+        if indices.dtype != torch.bool:  # 0/1 masks of any dtype (the seed's docs build them with torch.zeros)
+            if not bool(((indices == 0) | (indices == 1)).all()):
                 raise ValueError("a token_indices tensor must be boolean or hold only 0 and 1")
-            indices = indices.bool()
+            indices = indices != 0
         return indices, min_token_index
     raise TypeError(f"token_indices must be a list, a slice or a tensor, got {type(indices).__name__}")
 

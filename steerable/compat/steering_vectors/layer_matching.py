@@ -82,7 +82,7 @@ def enhance_model_config_matchers(
     model: nn.Module, config: ModelLayerConfig, layer_type: LayerType | None = None
 ) -> ModelLayerConfig:
     """``config`` with the missing layer types filled in (only ``layer_type``'s, when given)."""
-    enhanced: dict[str, Any] = {**config}
+    enhanced: dict[Any, Any] = dict(config)
     for wanted in [layer_type] if layer_type is not None else list(_GUESSERS):
         if wanted not in config and (matcher := _GUESSERS[wanted](model)):
             enhanced[wanted] = matcher
