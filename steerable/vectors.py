@@ -392,7 +392,8 @@ def _absolute(vectors: dict[int, Tensor], num_layers: int | None) -> dict[int, T
         index = layer % num_layers if -num_layers <= layer < 0 else layer
         if index in out:
             raise ValueError(
-                f"layers {index - num_layers} and {index} are the same layer of a {num_layers}-layer model: give it once"
+                f"layers {index - num_layers} and {index} are the same layer of a {num_layers}-layer model: "
+                "give it once"
             )
         out[index] = vector
     return out
