@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 VENV4 ?= .venv-transformers4
+VENV_DOCS ?= .venv-docs
 
-.PHONY: test test-transformers4 lint demo clean
+.PHONY: test test-transformers4 lint docs demo clean
 
 $(VENV)/.installed: pyproject.toml requirements/base.txt requirements/test.txt requirements/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,12 @@ $(VENV4)/.installed: pyproject.toml requirements/base.txt requirements/test-tran
 	$(VENV4)/bin/python -m pip install -q -r requirements/test-transformers4.txt
 	$(VENV4)/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(VENV4)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+# The docs site has its own small environment: griffe reads the docstrings statically (no torch).
+$(VENV_DOCS)/.installed: requirements/docs.txt
+	$(PYTHON) -m venv $(VENV_DOCS)
+	$(VENV_DOCS)/bin/python -m pip install -q -r requirements/docs.txt
 	touch $@
 
 demo: $(VENV)/.installed
@@ -33,5 +40,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check steerable tests benchmarks examples
 	$(VENV)/bin/mypy steerable
 
+docs: $(VENV_DOCS)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV_DOCS)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(VENV4) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV4) $(VENV_DOCS) site .pytest_cache .mypy_cache .ruff_cache

@@ -18,15 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
-from benchmarks.overhead import decode_ms_per_token, hooks, tiny_llama
+from benchmarks.hooks import hooks
+from benchmarks.measure import decode_ms_per_token, ratios, seconds
+from benchmarks.models import vanilla_model
 from steerable import SteerableModel, SteeringVector
 
 
@@ -46,14 +48,6 @@ class CountingBackend:
         return compile_fx(graph, inputs)
 
 
-def load(name: str) -> Any:
-    if name == "tiny":
-        return tiny_llama(4)
-    from steerable.testing import smollm2_path
-
-    return transformers.AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
-
-
 def compiled(model: Any, backend: CountingBackend) -> Any:
     model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
     return model
@@ -71,94 +65,115 @@ def vector_for(model: Any, seed: int) -> SteeringVector:
     return SteeringVector({i: torch.randn(d, generator=generator) * 0.1 for i in range(n)})
 
 
+def decode_table(models: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, float], dict[str, Any]]:
+    """(first generate's seconds, compile included; decode ms/token over interleaved trials) per model."""
+    first_compile = {name: seconds(decode, model, args.new_tokens) for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.trials):
+        for name, model in models.items():
+            times[name].append(decode(model, args.new_tokens))
+    table = {
+        name: {"median_ms_per_token": statistics.median(t), "min": min(t), "max": max(t)}
+        | ratios(t, times["vanilla"], of="medians")
+        for name, t in times.items()
+    }
+    return first_compile, table
+
+
+class Hooked:
+    """Forward hooks on one model, replaced or switched off and on between generates."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.context: AbstractContextManager[None] | None = None
+
+    def on(self, seed: int, multiplier: float) -> None:
+        self.off()
+        self.context = hooks(self.model, vector_for(self.model, seed), multiplier)
+        self.context.__enter__()
+
+    def off(self) -> None:
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            self.context = None
+
+
+def steerable_graphs(steerable: Any, handle: Any, counter: CountingBackend, new_tokens: int) -> dict[str, int]:
+    """New graphs for each change of steering on the compiled steerable model, steered by ``handle`` and
+    decoded already."""
+    state = {"handle": handle}
+
+    def steer(seed: int, multiplier: float) -> None:
+        state["handle"].remove()
+        state["handle"] = steerable.steer(vector_for(steerable, seed), multiplier)
+
+    def off_and_on() -> None:
+        state["handle"].remove()
+        decode(steerable, new_tokens)
+        state["handle"] = steerable.steer(vector_for(steerable, 2), 1.0)
+
+    def update() -> None:
+        state["handle"].update(multiplier=3.0, vector=vector_for(steerable, 3))
+
+    def fifty() -> None:
+        for i in range(50):
+            steer(10 + i, 0.5 + i / 10)
+            decode(steerable, 2)
+
+    changes: dict[str, Callable[[], None]] = {
+        "steerable: a new steering": lambda: steer(1, 2.0),
+        "steerable: off (an idle generate: the idle graphs, once), then on": off_and_on,
+        "steerable: handle.update (multiplier and vector)": update,
+    }
+    graphs = {"steerable: first steered generate (prefill + decode)": counter.graphs}
+    for label, change in changes.items():
+        before = counter.graphs
+        change()
+        decode(steerable, new_tokens)
+        graphs[label] = counter.graphs - before
+    before = counter.graphs
+    fifty()
+    graphs["steerable: 50 different steerings in a loop"] = counter.graphs - before
+    state["handle"].remove()
+    return graphs
+
+
+def hook_graphs(hooked: Hooked, counter: CountingBackend, new_tokens: int) -> dict[str, int]:
+    """New graphs for a new forward hook, and for hooks switched off and on, on the compiled hooked model."""
+
+    def off_and_on() -> None:
+        hooked.off()
+        decode(hooked.model, new_tokens)
+        hooked.on(2, 1.0)
+
+    graphs = {}
+    for label, change in (
+        ("forward hooks: a new hook", lambda: hooked.on(1, 2.0)),
+        ("forward hooks: off, then on", off_and_on),
+    ):
+        before = counter.graphs
+        change()
+        decode(hooked.model, new_tokens)
+        graphs[label] = counter.graphs - before
+    hooked.off()
+    return graphs
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     backend_name = "eager" if args.quick else "inductor"
     torch._dynamo.config.cache_size_limit = 64
     counters = {name: CountingBackend(backend_name) for name in ("vanilla", "steerable", "hooks")}
-    vanilla = compiled(load(args.model), counters["vanilla"])
-    steerable = compiled(SteerableModel.wrap(load(args.model)), counters["steerable"])
-    hooked_model = load(args.model)
-    first_compile: dict[str, float] = {}
+    vanilla = compiled(vanilla_model(args.model), counters["vanilla"])
+    steerable = SteerableModel.wrap(vanilla_model(args.model))
+    hooked = Hooked(vanilla_model(args.model))
+    hooked.on(0, 1.0)
+    compiled(steerable, counters["steerable"])
+    compiled(hooked.model, counters["hooks"])
     handle = steerable.steer(vector_for(steerable, 0), 1.0)
-
-    hook_context = hooks(hooked_model, vector_for(hooked_model, 0), 1.0)
-    hook_context.__enter__()
-    compiled(hooked_model, counters["hooks"])
-    for name, model in (("vanilla", vanilla), ("steerable", steerable), ("hooks", hooked_model)):
-        start = time.perf_counter()
-        decode(model, args.new_tokens)
-        first_compile[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in counters}
-    for _ in range(args.trials):
-        for name, model in (("vanilla", vanilla), ("steerable", steerable), ("hooks", hooked_model)):
-            times[name].append(decode(model, args.new_tokens))
-    ratio = {
-        name: {
-            "median_ms_per_token": statistics.median(t),
-            "min": min(t),
-            "max": max(t),
-            "ratio": statistics.median(t) / statistics.median(times["vanilla"]),
-            "ratio_min": min(a / b for a, b in zip(t, times["vanilla"], strict=True)),
-            "ratio_max": max(a / b for a, b in zip(t, times["vanilla"], strict=True)),
-        }
-        for name, t in times.items()
-    }
-
-    graphs: dict[str, int] = {"steerable: first steered generate (prefill + decode)": counters["steerable"].graphs}
-
-    def new_graphs(label: str, counter: CountingBackend, change: Callable[[], None]) -> None:
-        before = counter.graphs
-        change()
-        graphs[label] = counter.graphs - before
-
-    def new_steering() -> None:
-        nonlocal handle
-        handle.remove()
-        handle = steerable.steer(vector_for(steerable, 1), 2.0)
-        decode(steerable, args.new_tokens)
-
-    def off_and_on() -> None:
-        nonlocal handle
-        handle.remove()
-        decode(steerable, args.new_tokens)
-        handle = steerable.steer(vector_for(steerable, 2), 1.0)
-        decode(steerable, args.new_tokens)
-
-    def update() -> None:
-        handle.update(multiplier=3.0, vector=vector_for(steerable, 3))
-        decode(steerable, args.new_tokens)
-
-    def fifty() -> None:
-        nonlocal handle
-        for i in range(50):
-            handle.remove()
-            handle = steerable.steer(vector_for(steerable, 10 + i), 0.5 + i / 10)
-            decode(steerable, 2)
-
-    new_graphs("steerable: a new steering", counters["steerable"], new_steering)
-    new_graphs("steerable: off (an idle generate: the idle graphs, once), then on", counters["steerable"], off_and_on)
-    new_graphs("steerable: handle.update (multiplier and vector)", counters["steerable"], update)
-    new_graphs("steerable: 50 different steerings in a loop", counters["steerable"], fifty)
-    handle.remove()
-
-    def new_hook() -> None:
-        nonlocal hook_context
-        hook_context.__exit__(None, None, None)
-        hook_context = hooks(hooked_model, vector_for(hooked_model, 1), 2.0)
-        hook_context.__enter__()
-        decode(hooked_model, args.new_tokens)
-
-    def hooks_off_on() -> None:
-        nonlocal hook_context
-        hook_context.__exit__(None, None, None)
-        decode(hooked_model, args.new_tokens)
-        hook_context = hooks(hooked_model, vector_for(hooked_model, 2), 1.0)
-        hook_context.__enter__()
-        decode(hooked_model, args.new_tokens)
-
-    new_graphs("forward hooks: a new hook", counters["hooks"], new_hook)
-    new_graphs("forward hooks: off, then on", counters["hooks"], hooks_off_on)
-    hook_context.__exit__(None, None, None)
+    models = {"vanilla": vanilla, "steerable": steerable, "hooks": hooked.model}
+    first_compile, ratio = decode_table(models, args)
+    graphs = steerable_graphs(steerable, handle, counters["steerable"], args.new_tokens)
+    graphs |= hook_graphs(hooked, counters["hooks"], args.new_tokens)
     return {
         "model": args.model,
         "backend": backend_name,

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.measure import seconds
 from steerable import Condition, SteeringVector, train_steering_vector
 from steerable.chat_roles import chat_prompt
 from steerable.research.datasets import sentiment_pairs, sentiment_prompts, topic_prompts
@@ -51,7 +52,8 @@ def replies(model: Any, tokenizer: Any, inputs: dict[str, torch.Tensor], tokens:
     return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[str, Any]:
+def condition_for_food(model: Any, tokenizer: Any) -> tuple[SteeringVector, Any, list[str], list[str]]:
+    """(the logistic topic vector, ``find_best_condition_point``'s search, held-out food and other prompts)."""
     food, other = topic_prompts()
     rng = random.Random(0)
     rng.shuffle(food)
@@ -71,24 +73,12 @@ def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[
     search = find_best_condition_point(
         model, tokenizer, train_food, train_other, topic, test_positive=test_food, test_negative=test_other
     )
-    condition: Condition = search.condition
-    sentiment = train_steering_vector(model, tokenizer, sentiment_pairs(tokenizer), layers=[BEHAVIOUR_LAYER])
-    prompts = test_food + test_other
-    is_food = [True] * len(test_food) + [False] * len(test_other)
-    inputs = batch(tokenizer, prompts)
-    judge = vader_judge()
-    plain = replies(model, tokenizer, inputs, tokens)
-    # which rows the condition fires on: the search's own scores, recomputed on this batch
-    from steerable.conditions import met
-    from steerable.train.condition_search import prompt_scores
+    return topic, search, test_food, test_other
 
-    fired = met(
-        prompt_scores(model, tokenizer, prompts, topic, [condition.layer])[condition.layer],
-        condition.threshold,
-        condition.comparator,
-    ).tolist()
+
+def efficacy_intro(condition: Condition, search: Any, tokens: int) -> list[str]:
     held = search.held_out
-    lines += [
+    return [
         "## Efficacy: food condition x sentiment vector",
         "",
         f"Condition: logistic topic vector (food vs other), read over the last user turn, layers {CONDITION_LAYERS}; "
@@ -105,10 +95,52 @@ def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[
         "| multiplier | rows | n | unsteered VADER | steered VADER | shift | rows whose reply changed |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+
+def shifts(
+    multiplier: float, fired: list[bool], plain: list[str], steered: list[str], lines: list[str]
+) -> list[dict[str, Any]]:
+    """VADER before and after steering, for the rows where the condition fired and where it did not."""
+    judge = vader_judge()
+    run = []
+    for group, wanted in (("condition fired", True), ("condition not fired", False)):
+        rows = [k for k in range(len(plain)) if fired[k] == wanted]
+        if not rows:
+            continue
+        before = [judge(plain[k]) for k in rows]
+        after = [judge(steered[k]) for k in rows]
+        shift = bootstrap_ci([a - b for a, b in zip(after, before, strict=True)])
+        changed = sum(plain[k] != steered[k] for k in rows)
+        lines.append(
+            f"| {multiplier:+g} | {group} | {len(rows)} | {statistics.fmean(before):+.3f} | "
+            f"{statistics.fmean(after):+.3f} | {shift[0]:+.3f} [{shift[1]:+.3f}, {shift[2]:+.3f}] | {changed} |"
+        )
+        run.append({"group": group, "rows": rows, "before": before, "after": after, "changed": changed})
+    return run
+
+
+def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[str, Any]:
+    topic, search, test_food, test_other = condition_for_food(model, tokenizer)
+    condition: Condition = search.condition
+    sentiment = train_steering_vector(model, tokenizer, sentiment_pairs(tokenizer), layers=[BEHAVIOUR_LAYER])
+    prompts = test_food + test_other
+    is_food = [True] * len(test_food) + [False] * len(test_other)
+    inputs = batch(tokenizer, prompts)
+    plain = replies(model, tokenizer, inputs, tokens)
+    # which rows the condition fires on: the search's own scores, recomputed on this batch
+    from steerable.conditions import met
+    from steerable.train.condition_search import prompt_scores
+
+    fired = met(
+        prompt_scores(model, tokenizer, prompts, topic, [condition.layer])[condition.layer],
+        condition.threshold,
+        condition.comparator,
+    ).tolist()
+    lines += efficacy_intro(condition, search, tokens)
     result: dict[str, Any] = {
         "condition": {"layer": condition.layer, "comparator": condition.comparator, "threshold": condition.threshold},
         "train": search.train,
-        "held_out": held,
+        "held_out": search.held_out,
         "fired": fired,
         "is_food": is_food,
         "runs": {},
@@ -116,30 +148,99 @@ def efficacy(model: Any, tokenizer: Any, tokens: int, lines: list[str]) -> dict[
     for multiplier in MULTIPLIERS:
         with model.steer(sentiment, multiplier, condition=condition):
             steered = replies(model, tokenizer, inputs, tokens)
-        run = []
-        for group, wanted in (("condition fired", True), ("condition not fired", False)):
-            rows = [k for k in range(len(prompts)) if fired[k] == wanted]
-            if not rows:
-                continue
-            before = [judge(plain[k]) for k in rows]
-            after = [judge(steered[k]) for k in rows]
-            shift = bootstrap_ci([a - b for a, b in zip(after, before, strict=True)])
-            changed = sum(plain[k] != steered[k] for k in rows)
-            lines.append(
-                f"| {multiplier:+g} | {group} | {len(rows)} | {statistics.fmean(before):+.3f} | "
-                f"{statistics.fmean(after):+.3f} | {shift[0]:+.3f} [{shift[1]:+.3f}, {shift[2]:+.3f}] | {changed} |"
-            )
-            run.append({"group": group, "rows": rows, "before": before, "after": after, "changed": changed})
+        run = shifts(multiplier, fired, plain, steered, lines)
         result["runs"][str(multiplier)] = {"groups": run, "steered": steered}
     result["unsteered"] = plain
     lines.append("")
     return result
 
 
-def timed(run: Any, *args: Any) -> float:
-    start = time.perf_counter()
-    run(*args)
-    return time.perf_counter() - start
+class Decoder:
+    """Greedy decoding of exactly ``tokens`` new tokens: idle, under ``steer_rows``, or one request at a time."""
+
+    def __init__(self, model: Any, tokenizer: Any, tokens: int) -> None:
+        self.model, self.tokenizer, self.tokens = model, tokenizer, tokens
+
+    def decode(self, inputs: dict[str, torch.Tensor]) -> None:
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                max_new_tokens=self.tokens,
+                min_new_tokens=self.tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+
+    def batched(self, vectors: list[SteeringVector], inputs: dict[str, torch.Tensor]) -> None:
+        with self.model.steer_rows(vectors):
+            self.decode(inputs)
+
+    def sequential(self, vectors: list[SteeringVector], each: list[dict[str, torch.Tensor]]) -> None:
+        for v, inputs in zip(vectors, each, strict=True):
+            with self.model.steer(v, 1.0):
+                self.decode(inputs)
+
+
+def decode_costs(
+    dec: Decoder, prompts: list[str], vector: SteeringVector, condition: Condition, repeats: int, lines: list[str]
+) -> dict[int, Any]:
+    """Decode ms/token idle, steered and conditionally steered, at batch 1 and 8."""
+    lines += [
+        "## Performance",
+        "",
+        f"Decode: greedy, {dec.tokens} new tokens (forced), ms per generated token per batch, median of {repeats} "
+        "interleaved repeats.",
+        "",
+        "| batch | idle | unconditional | conditional | conditional / unconditional |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    result: dict[int, Any] = {}
+    for size in (1, 8):
+        inputs = batch(dec.tokenizer, (prompts * 8)[:size])
+        times: dict[str, list[float]] = {"idle": [], "unconditional": [], "conditional": []}
+        dec.decode(inputs)  # warm-up
+        for _ in range(repeats):
+            times["idle"].append(seconds(dec.decode, inputs))
+            with dec.model.steer(vector, 1.0):
+                times["unconditional"].append(seconds(dec.decode, inputs))
+            with dec.model.steer(vector, 1.0, condition=condition):
+                times["conditional"].append(seconds(dec.decode, inputs))
+        ms = {k: 1000 * statistics.median(v) / dec.tokens for k, v in times.items()}
+        result[size] = ms | {"raw_s": times}
+        lines.append(
+            f"| {size} | {ms['idle']:.2f} | {ms['unconditional']:.2f} | {ms['conditional']:.2f} | "
+            f"{ms['conditional'] / ms['unconditional']:.3f} |"
+        )
+    return result
+
+
+def request_rates(dec: Decoder, prompts: list[str], repeats: int, lines: list[str]) -> dict[int, Any]:
+    """Tokens/s of N requests with N vectors: one batched ``generate`` vs N sequential ones."""
+    lines += [
+        "",
+        f"Per-request serving: N requests, each with its own vector (random, layer {BEHAVIOUR_LAYER}), {dec.tokens} "
+        "new tokens each; one batched `generate` with `steer_rows` vs N sequential `generate` calls (each under its "
+        f"own `steer`). Tokens/s, median of {repeats} interleaved repeats.",
+        "",
+        "| N | batched tok/s | sequential tok/s | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
+    result: dict[int, Any] = {}
+    for n in (1, 4, 8, 16):
+        vectors = [SteeringVector({BEHAVIOUR_LAYER: torch.randn(576) * 2}) for _ in range(n)]
+        chosen = (prompts * 4)[:n]
+        together = batch(dec.tokenizer, chosen)
+        alone = [batch(dec.tokenizer, [p]) for p in chosen]
+        dec.batched(vectors, together)
+        runs: dict[str, list[float]] = {"batched": [], "sequential": []}
+        for _ in range(repeats):
+            runs["batched"].append(seconds(dec.batched, vectors, together))
+            runs["sequential"].append(seconds(dec.sequential, vectors, alone))
+        rate = {k: n * dec.tokens / statistics.median(v) for k, v in runs.items()}
+        result[n] = rate | {"raw_s": runs}
+        speedup = rate["batched"] / rate["sequential"]
+        lines.append(f"| {n} | {rate['batched']:.1f} | {rate['sequential']:.1f} | {speedup:.2f}x |")
+    return result
 
 
 def performance(model: Any, tokenizer: Any, tokens: int, repeats: int, lines: list[str]) -> dict[str, Any]:
@@ -149,76 +250,11 @@ def performance(model: Any, tokenizer: Any, tokens: int, repeats: int, lines: li
     prompts = [chat_prompt(tokenizer, p) for p in sentiment_prompts()] + [
         chat_prompt(tokenizer, p) for p in topic_prompts()[0][:2]
     ]
-
-    def decode(inputs: dict[str, torch.Tensor]) -> None:
-        with torch.inference_mode():
-            model.generate(
-                **inputs,
-                max_new_tokens=tokens,
-                min_new_tokens=tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-
-    def batched(vectors: list[SteeringVector], inputs: dict[str, torch.Tensor]) -> None:
-        with model.steer_rows(vectors):
-            decode(inputs)
-
-    def sequential(vectors: list[SteeringVector], each: list[dict[str, torch.Tensor]]) -> None:
-        for v, inputs in zip(vectors, each, strict=True):
-            with model.steer(v, 1.0):
-                decode(inputs)
-
-    lines += [
-        "## Performance",
-        "",
-        f"Decode: greedy, {tokens} new tokens (forced), ms per generated token per batch, median of {repeats} "
-        "interleaved repeats.",
-        "",
-        "| batch | idle | unconditional | conditional | conditional / unconditional |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    result: dict[str, Any] = {"decode": {}, "requests": {}}
-    for size in (1, 8):
-        inputs = batch(tokenizer, (prompts * 8)[:size])
-        times: dict[str, list[float]] = {"idle": [], "unconditional": [], "conditional": []}
-        decode(inputs)  # warm-up
-        for _ in range(repeats):
-            times["idle"].append(timed(decode, inputs))
-            with model.steer(vector, 1.0):
-                times["unconditional"].append(timed(decode, inputs))
-            with model.steer(vector, 1.0, condition=condition):
-                times["conditional"].append(timed(decode, inputs))
-        ms = {k: 1000 * statistics.median(v) / tokens for k, v in times.items()}
-        result["decode"][size] = ms | {"raw_s": times}
-        lines.append(
-            f"| {size} | {ms['idle']:.2f} | {ms['unconditional']:.2f} | {ms['conditional']:.2f} | "
-            f"{ms['conditional'] / ms['unconditional']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Per-request serving: N requests, each with its own vector (random, layer {BEHAVIOUR_LAYER}), {tokens} new "
-        "tokens each; one batched `generate` with `steer_rows` vs N sequential `generate` calls (each under its own "
-        f"`steer`). Tokens/s, median of {repeats} interleaved repeats.",
-        "",
-        "| N | batched tok/s | sequential tok/s | speed-up |",
-        "| --- | --- | --- | --- |",
-    ]
-    for n in (1, 4, 8, 16):
-        vectors = [SteeringVector({BEHAVIOUR_LAYER: torch.randn(576) * 2}) for _ in range(n)]
-        chosen = (prompts * 4)[:n]
-        together = batch(tokenizer, chosen)
-        alone = [batch(tokenizer, [p]) for p in chosen]
-
-        batched(vectors, together)
-        runs: dict[str, list[float]] = {"batched": [], "sequential": []}
-        for _ in range(repeats):
-            runs["batched"].append(timed(batched, vectors, together))
-            runs["sequential"].append(timed(sequential, vectors, alone))
-        rate = {k: n * tokens / statistics.median(v) for k, v in runs.items()}
-        result["requests"][n] = rate | {"raw_s": runs}
-        speedup = rate["batched"] / rate["sequential"]
-        lines.append(f"| {n} | {rate['batched']:.1f} | {rate['sequential']:.1f} | {speedup:.2f}x |")
+    dec = Decoder(model, tokenizer, tokens)
+    result: dict[str, Any] = {
+        "decode": decode_costs(dec, prompts, vector, condition, repeats, lines),
+        "requests": request_rates(dec, prompts, repeats, lines),
+    }
     eight = result["requests"][8]
     verdict = "met" if eight["batched"] / eight["sequential"] >= 4 else "MISSED"
     lines += ["", f"Target (8 requests batched >= 4x 8 sequential generates): {verdict}.", ""]
@@ -226,7 +262,11 @@ def performance(model: Any, tokenizer: Any, tokens: int, repeats: int, lines: li
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.conditional",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/conditional")

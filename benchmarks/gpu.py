@@ -13,8 +13,8 @@ budget (``--budget-s``); cells left over say "not run (time budget)". Without CU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -22,41 +22,49 @@ from typing import Any
 import torch
 import transformers
 
-from benchmarks.overhead import decode_ms_per_token, hooks, tiny_llama
+from benchmarks.hooks import hooks
+from benchmarks.measure import cuda_peak_bytes, decode_ms_per_token, seconds, spread
+from benchmarks.models import smollm2_shaped
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.tiny_models import tiny_llama
 
 IMPLEMENTATIONS = ("vanilla", "steerable", "forward hooks")
 MODES = ("eager", "compiled (reduce-overhead)")
 
 
-def smollm2_shaped(dtype: torch.dtype) -> Any:
-    """SmolLM2-135M from the cache, or its shape with random weights."""
-    from steerable.testing import cache_dir
-
-    cached = sorted(cache_dir().glob("SmolLM2-135M-Instruct-transformers*"))
-    if cached and (cached[-1] / "model.safetensors").exists():
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            cached[-1], dtype=dtype
-        ).eval(), "SmolLM2-135M (cached)"
-    config = transformers.LlamaConfig(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=8192,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).to(dtype).eval(), "SmolLM2-135M shape, random weights"
-
-
 def decode(model: Any, batch: int, new_tokens: int, device: str, static: bool) -> float:
     extra: dict[str, Any] = {"cache_implementation": "static", "disable_compile": True} if static else {}
     return decode_ms_per_token(model, batch, new_tokens, device, **extra)
+
+
+def steered(model: Any, implementation: str) -> tuple[Any, contextlib.ExitStack]:
+    """(the model to time, the steering it runs under: close the stack to end it) for one implementation."""
+    d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
+    vector = SteeringVector({i: torch.randn(d) * 0.1 for i in range(n_layers)})
+    stack = contextlib.ExitStack()
+    if implementation == "steerable":
+        model = SteerableModel.wrap(model)
+        stack.callback(model.steer(vector, 1.0).remove)
+    elif implementation == "forward hooks":
+        stack.enter_context(hooks(model, vector, 1.0))
+    return model, stack
+
+
+def cell(model: Any, batch: int, args: argparse.Namespace, device: str, compiled: bool) -> dict[str, Any]:
+    """One batch size: a warm-up (and compile) run, then ``args.trials`` timed decodes, and peak memory."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    warm = seconds(decode, model, batch, args.new_tokens, device, compiled)  # warm-up (and compile)
+    times = [decode(model, batch, args.new_tokens, device, compiled) for _ in range(args.trials)]
+    stats = spread(times)
+    peak = cuda_peak_bytes() if device == "cuda" else None
+    return {
+        "ms_per_token": stats["median"],
+        "min": stats["min"],
+        "max": stats["max"],
+        "first_run_s": warm,
+        "peak_memory_mb": peak / 2**20 if peak is not None else None,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,44 +84,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = ""
     for mode_name in MODES:
         for implementation in IMPLEMENTATIONS:
-            model, name = fresh()
-            d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
-            vector = SteeringVector({i: torch.randn(d) * 0.1 for i in range(n_layers)})
-            context: Any = None
-            if implementation == "steerable":
-                model = SteerableModel.wrap(model)
-                context = model.steer(vector, 1.0)
-            elif implementation == "forward hooks":
-                context = hooks(model, vector, 1.0)
-                context.__enter__()
+            plain, name = fresh()
+            model, steering = steered(plain, implementation)
             compiled = mode_name != "eager"
             if compiled:
                 model.forward = torch.compile(model.forward, backend=backend, mode=mode, dynamic=False)
             row: dict[str, Any] = {}
             for batch in batches:
-                key = f"b{batch}"
-                if time.perf_counter() > deadline:
-                    row[key] = "not run (time budget)"
-                    continue
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                start = time.perf_counter()
-                decode(model, batch, args.new_tokens, device, compiled)  # warm-up (and compile)
-                warm = time.perf_counter() - start
-                times = [decode(model, batch, args.new_tokens, device, compiled) for _ in range(args.trials)]
-                row[key] = {
-                    "ms_per_token": statistics.median(times),
-                    "min": min(times),
-                    "max": max(times),
-                    "first_run_s": warm,
-                    "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-                }
-            if implementation == "steerable":
-                context.remove()
-            elif implementation == "forward hooks":
-                context.__exit__(None, None, None)
+                over = time.perf_counter() > deadline
+                row[f"b{batch}"] = "not run (time budget)" if over else cell(model, batch, args, device, compiled)
+            steering.close()
             cells.setdefault(mode_name, {})[implementation] = row
-            del model
+            del model, plain
             if device == "cuda":
                 torch.cuda.empty_cache()
     return {

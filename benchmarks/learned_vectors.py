@@ -1,57 +1,45 @@
 """Learned vs aggregated steering vectors on SmolLM2-135M-Instruct: an honest report, not a gate.
 
-    python -m benchmarks.learned_vectors [--prompts 12] [--caa-train 64] [--caa-test 50]
+    python -m benchmarks.learned_vectors [--data DIR] [--prompts 12] [--caa-train 64] [--caa-test 50]
 
 Sentiment (the shipped pairs, layer 6): `mean`, `pca_diff`, BiPO and likelihood vectors, each scaled
 to the `mean` vector's norm, swept over multipliers; the VADER spread among multipliers whose replies
 stay fluent (median perplexity <= 1.5x unsteered), and distinct-2. CAA refusal (layer 9): A/B
-p(matching) at -2 / 0 / +2 for `mean`, BiPO and likelihood vectors (norm-matched). Training time and
+p(matching) at -2 / 0 / +2 for `mean`, BiPO and likelihood vectors (norm-matched), on the CAA files under
+``--data`` (default ``$STEERABLE_CAA_DATA``). Training time and
 peak memory (RSS growth while training) for each. Writes benchmarks/results/learned/.
 """
 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 
+from benchmarks.data import add_data_argument, behaviour_files, caa_data
+from benchmarks.measure import peak_rss
 from steerable import Completion, Preference, SteeringVector, optimize_steering_vector, train_steering_vector
+from steerable.research.ab import ab_pairs, ab_prompt, load_ab_dataset
 from steerable.research.datasets import sentiment_pairs, sentiment_preferences, sentiment_prompts
-from steerable.research.evaluation import ab_pairs, ab_prompt, ab_scores, load_ab_dataset, open_ended
+from steerable.research.evaluation import ab_scores, open_ended
 from steerable.research.sweep import summarize_generations
 from steerable.testing import smollm2
 
-CAA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caa"
 MULTIPLIERS = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
 SENTIMENT_LAYER, CAA_LAYER = 6, 9
 
 
 def measured(train: Callable[[], SteeringVector]) -> tuple[SteeringVector, float, float]:
     """(vector, seconds, peak RSS growth in MB while training), sampling RSS every 10 ms."""
-    process = psutil.Process()
-    start_rss = process.memory_info().rss
-    peak = [start_rss]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    vector = train()
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return vector, seconds, (peak[0] - start_rss) / 2**20
+    with peak_rss(interval_s=0.01) as memory:
+        start = time.perf_counter()
+        vector = train()
+        taken = time.perf_counter() - start
+    return vector, taken, memory.growth_mb
 
 
 def matched(vector: SteeringVector, reference: SteeringVector, layer: int) -> SteeringVector:
@@ -67,22 +55,12 @@ def fluent_spread(summary: list[dict[str, float]]) -> tuple[float, float]:
     return max(judges) - min(judges), distinct
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=12)
-    parser.add_argument("--caa-train", type=int, default=64)
-    parser.add_argument("--caa-test", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--out", default="benchmarks/results/learned")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model, tokenizer = smollm2()
+def sentiment_section(model: Any, tokenizer: Any, args: argparse.Namespace, out: Path) -> list[str]:
+    """The sentiment comparison: four methods trained, norm-matched and swept; table rows and the plot."""
     layer = SENTIMENT_LAYER
     preferences = sentiment_preferences(tokenizer)
     completions = [Completion(p.prompt, p.chosen) for p in preferences]
-    learn: dict[str, Any] = dict(lr=2e-2, epochs=args.epochs, batch_size=8, seed=0)
+    learn = learning(args)
     trainers: dict[str, Callable[[], SteeringVector]] = {
         "mean": lambda: train_steering_vector(model, tokenizer, sentiment_pairs(tokenizer), layers=[layer]),
         "pca_diff": lambda: train_steering_vector(
@@ -101,17 +79,16 @@ def main() -> None:
         generations = open_ended(model, tokenizer, prompts, matched(row["vector"], reference, layer), MULTIPLIERS)
         row["summary"] = summarize_generations(generations)
         row["spread"], row["distinct2"] = fluent_spread(row["summary"])
+    _plot(results, out / "sentiment_methods.png")
+    return sentiment_lines(results, float(reference[layer].norm()), len(prompts))
 
+
+def sentiment_lines(results: dict[str, dict[str, Any]], norm: float, prompts: int) -> list[str]:
     lines = [
-        "# Learned vs aggregated steering vectors: SmolLM2-135M-Instruct (fp32, CPU)",
+        f"## Sentiment (shipped pairs, layer {SENTIMENT_LAYER})",
         "",
-        f"Command: `python -m benchmarks.learned_vectors --prompts {args.prompts} --caa-train {args.caa_train} "
-        f"--caa-test {args.caa_test} --epochs {args.epochs}`.",
-        "",
-        f"## Sentiment (shipped pairs, layer {layer})",
-        "",
-        f"Each vector scaled to the `mean` vector's norm ({float(reference[layer].norm()):.2f}); multipliers "
-        f"{MULTIPLIERS}; {len(prompts)} held-out prompts, greedy, 40 new tokens. Spread = max - min mean VADER "
+        f"Each vector scaled to the `mean` vector's norm ({norm:.2f}); multipliers "
+        f"{MULTIPLIERS}; {prompts} held-out prompts, greedy, 40 new tokens. Spread = max - min mean VADER "
         "over the multipliers whose median perplexity stays within 1.5x the unsteered replies'.",
         "",
         "| method | VADER at -2 / 0 / +2 | fluent spread | min distinct-2 (fluent) | train s | peak RSS growth MB |",
@@ -125,26 +102,30 @@ def main() -> None:
         )
     best_learned = max(("bipo", "likelihood"), key=lambda n: results[n]["spread"])
     verdict = "met" if results[best_learned]["spread"] > results["mean"]["spread"] else "MISSED"
-    lines += [
+    return lines + [
         "",
         f"Target (a learned vector reaches a larger fluent spread than `mean`): {verdict}: best learned "
         f"{best_learned} {results[best_learned]['spread']:.3f} vs mean {results['mean']['spread']:.3f}.",
         "",
         "![sentiment](sentiment_methods.png)",
     ]
-    _plot(results, out / "sentiment_methods.png")
 
-    train_items = load_ab_dataset(CAA / "generate" / "refusal" / "generate_dataset.json")[: args.caa_train]
-    test_items = load_ab_dataset(CAA / "test" / "refusal" / "test_dataset_ab.json")[: args.caa_test]
+
+def caa_section(model: Any, tokenizer: Any, args: argparse.Namespace, caa: Path) -> list[str]:
+    """CAA refusal: mean, BiPO and likelihood vectors at one layer, A/B p(matching) at -2 / 0 / +2."""
+    train_file, test_file = behaviour_files("refusal")
+    train_items = load_ab_dataset(caa / train_file)[: args.caa_train]
+    test_items = load_ab_dataset(caa / test_file)[: args.caa_test]
     prefs = [Preference(ab_prompt(tokenizer, i.question), i.matching, i.not_matching) for i in train_items]
-    caa: dict[str, Callable[[], SteeringVector]] = {
+    learn = learning(args)
+    caa_trainers: dict[str, Callable[[], SteeringVector]] = {
         "mean": lambda: train_steering_vector(model, tokenizer, ab_pairs(tokenizer, train_items), layers=[CAA_LAYER]),
         "bipo": lambda: optimize_steering_vector(model, tokenizer, prefs, [CAA_LAYER], "bipo", beta=0.1, **learn),
         "likelihood": lambda: optimize_steering_vector(
             model, tokenizer, [Completion(p.prompt, p.chosen) for p in prefs], [CAA_LAYER], "likelihood", **learn
         ),
     }
-    lines += [
+    lines = [
         "",
         f"## CAA refusal (layer {CAA_LAYER}), A/B p(matching)",
         "",
@@ -156,12 +137,47 @@ def main() -> None:
         "| --- | --- | --- | --- |",
     ]
     caa_mean: SteeringVector | None = None
-    for name, train in caa.items():
+    for name, train in caa_trainers.items():
         vector, seconds, memory = measured(train)
         caa_mean = caa_mean or vector
         scores = ab_scores(model, tokenizer, test_items, matched(vector, caa_mean, CAA_LAYER), [-2.0, 0.0, 2.0])
         p = scores.mean(0).tolist()
         lines.append(f"| {name} | {p[0]:.3f} / {p[1]:.3f} / {p[2]:.3f} | {seconds:.1f} | {memory:.0f} |")
+    return lines
+
+
+def learning(args: argparse.Namespace) -> dict[str, Any]:
+    """The learned vectors' optimiser settings."""
+    return dict(lr=2e-2, epochs=args.epochs, batch_size=8, seed=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.learned_vectors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_argument(parser)
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--caa-train", type=int, default=64)
+    parser.add_argument("--caa-test", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--out", default="benchmarks/results/learned")
+    args = parser.parse_args(argv)
+    caa = caa_data(args.data, *behaviour_files("refusal"), prog=parser.prog)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model, tokenizer = smollm2()
+    lines = [
+        "# Learned vs aggregated steering vectors: SmolLM2-135M-Instruct (fp32, CPU)",
+        "",
+        f"Command: `python -m benchmarks.learned_vectors --prompts {args.prompts} --caa-train {args.caa_train} "
+        f"--caa-test {args.caa_test} --epochs {args.epochs}`.",
+        "",
+    ]
+    lines += sentiment_section(model, tokenizer, args, out)
+    lines += caa_section(model, tokenizer, args, caa)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

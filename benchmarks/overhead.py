@@ -15,7 +15,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,102 +22,25 @@ from typing import Any
 import torch
 import transformers
 
+from benchmarks.hooks import hooks, live_hooks
+from benchmarks.measure import (
+    cuda_peak_bytes,
+    decode_ms_per_token,
+    prefill_ms_per_token,
+    process_peak_rss,
+    ratios,
+    seconds,
+    spread,
+)
+from benchmarks.models import vanilla_model
 from steerable.model import SteerableModel
+from steerable.testing.tiny_models import tiny_llama, tiny_llama_config
 from steerable.vectors import SteeringVector
 
 Setup = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
-# -- models ---------------------------------------------------------------------------------------
-def tiny_llama(layers: int = 4) -> Any:
-    """A tiny random Llama: the overhead-dominated worst case."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def load_model(name: str, dtype: torch.dtype, device: str) -> tuple[Any, str | None]:
-    """(vanilla model, path it can be reloaded from, or None)."""
-    if name == "tiny":
-        return tiny_llama().to(device, dtype), None
-    from steerable.testing import smollm2_path
-
-    path = smollm2_path()
-    model: Any = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model = model.to(device).eval()
-    return model, str(path)
-
-
-# -- timing ---------------------------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def decode_ms_per_token(model: Any, batch: int, new_tokens: int, device: str, **generate: Any) -> float:
-    """ms per generated token, greedy from 8-token prompts; ``generate``: more arguments (a static cache)."""
-    ids = torch.randint(3, 200, (batch, 8), device=device)
-    _sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-            **generate,
-        )
-    _sync(device)
-    return (time.perf_counter() - start) * 1000 / new_tokens
-
-
-def prefill_ms_per_token(model: Any, length: int, device: str, batch: int = 1) -> float:
-    ids = torch.randint(3, 200, (batch, length), device=device)
-    _sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model(input_ids=ids)
-    _sync(device)
-    return (time.perf_counter() - start) * 1000 / length
-
-
 # -- the implementations ----------------------------------------------------------------------------
-@contextlib.contextmanager
-def hooks(model: Any, vector: SteeringVector, multiplier: float) -> Iterator[None]:
-    """A plain register_forward_hook implementation of the same steering."""
-    from steerable.architectures import resolve_architecture
-
-    _, layers = resolve_architecture(model)
-    handles = []
-    for index, direction in vector.items():
-        delta = (multiplier * direction).to(next(model.parameters()))
-
-        def hook(_m: Any, _i: Any, out: Any, delta: torch.Tensor = delta) -> Any:
-            return (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta
-
-        handles.append(layers[index].register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _add(output: Any, delta: torch.Tensor) -> Any:
-    return (output[0] + delta, *output[1:]) if isinstance(output, tuple) else output + delta
-
-
 @contextlib.contextmanager
 def seed_library(model: Any, vector: SteeringVector, multiplier: float) -> Iterator[None]:
     import steering_vectors
@@ -152,21 +74,12 @@ def rows_for(
 def summarize(values: list[float], base: list[float] | None) -> dict[str, float]:
     """Median, min, max; ``ratio`` is the median of per-trial ratios to the baseline measured next to
     each value in the same trial (paired, so slow drift of a shared machine cancels)."""
-    median = statistics.median(values)
-    out = {"median": median, "min": min(values), "max": max(values)}
-    if base:
-        paired = [v / b for v, b in zip(values, base, strict=False)]
-        out["ratio"] = statistics.median(paired)
-        out["ratio_min"], out["ratio_max"] = min(paired), max(paired)
-    return out
+    return spread(values) | (ratios(values, base) if base else {})
 
 
-def run_suite(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    device, dtype = args.device, args.torch_dtype
-    vanilla, path = load_model(name, dtype, device)
-    steerable = SteerableModel.wrap(load_model(name, dtype, device)[0])
-    d, n_layers = vanilla.config.hidden_size, vanilla.config.num_hidden_layers
-    rows = rows_for(args, vanilla, steerable, d, n_layers)
+def trial_table(args: argparse.Namespace, rows: dict[str, tuple[Any, Setup]]) -> dict[str, Any]:
+    """Each row's decode and prefill ms/token over interleaved trials, with ratios to vanilla."""
+    device = args.device
     measures: dict[str, Callable[[Any], float]] = {
         "decode_b1_ms_per_token": lambda m: decode_ms_per_token(m, 1, args.new_tokens, device),
         "decode_b8_ms_per_token": lambda m: decode_ms_per_token(m, 8, args.new_tokens, device),
@@ -182,15 +95,25 @@ def run_suite(args: argparse.Namespace, name: str) -> dict[str, Any]:
             for row, (model, setup) in rows.items():
                 with setup():
                     results[row][measure_name].append(measure(model))
-    table = {
+    return {
         row: {m: summarize(v, results["vanilla transformers"][m]) for m, v in per.items()}
         for row, per in results.items()
     }
+
+
+def run_suite(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    device, dtype = args.device, args.torch_dtype
+    vanilla = vanilla_model(name, dtype, device)
+    steerable = SteerableModel.wrap(vanilla_model(name, dtype, device))
+    d, n_layers = vanilla.config.hidden_size, vanilla.config.num_hidden_layers
+    table = trial_table(args, rows_for(args, vanilla, steerable, d, n_layers))
     per_row = per_row_sweep(steerable, d, n_layers, args, device)
     memory = memory_report(steerable, n_layers, d)
     out: dict[str, Any] = {"model": name, "rows": table, "per_row_sweep": per_row, "memory": memory}
-    if args.repeng and path is not None or (args.repeng and name == "tiny"):
-        out["repeng"] = repeng_rows(args, vanilla, path)
+    if args.repeng:
+        from steerable.testing import smollm2_path
+
+        out["repeng"] = repeng_rows(args, None if name == "tiny" else str(smollm2_path()))
     if args.compile:
         out["compile"] = compile_report(steerable, vanilla, d, n_layers, device)
     out["profile"] = profile_report(steerable, d, n_layers, device)
@@ -199,36 +122,34 @@ def run_suite(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 # -- the overhead-dominated regime: microseconds per layer call ------------------------------------
 LAYER_CALL_LAYERS = 16
+DECODE_PROMPT, DECODE_STEPS = 8, 8
+#: Each layer-call row and the row its cost is measured against.
+LAYER_CALL_REFERENCES = {
+    "steerable idle": "vanilla transformers",
+    "forward hooks, add, all layers": "vanilla transformers",
+    "steerable add, all layers": "forward hooks, add, all layers",
+    "steerable add, token-selective (min_token_index), all layers": "forward hooks, add, all layers",
+    "steerable add, token-selective (positions='generated'), all layers": "forward hooks, add, all layers",
+}
 
 
-def layer_call_report(rounds: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """One-token decode steps with a KV cache on a tiny 16-layer Llama, where the per-layer Python and
-    dispatch cost is most of the time. Each round times every implementation once (interleaved, so
-    slow drift cancels); a row's cost is the median over rounds of its paired difference to its
-    reference, divided by the number of layer calls."""
-    vanilla = tiny_llama(LAYER_CALL_LAYERS).to(device, dtype)
-    steerable = SteerableModel.wrap(tiny_llama(LAYER_CALL_LAYERS).to(device, dtype))
-    d = vanilla.config.hidden_size
-    every = SteeringVector({i: torch.randn(d) for i in range(LAYER_CALL_LAYERS)})
-    prompt, steps = 8, 8
-    ids = torch.randint(3, 200, (1, prompt + steps), device=device)
+def decode_step_seconds(model: Any, ids: torch.Tensor, device: str) -> float:
+    """Seconds per one-token decode step with a KV cache (the prompt's prefill is not timed)."""
+    prompt = DECODE_PROMPT
+    cache = transformers.DynamicCache(config=model.config)
+    mask = torch.ones_like(ids)
 
-    def decode(model: Any) -> float:
-        """Seconds per decode step (the prompt's prefill is not timed)."""
-        cache = transformers.DynamicCache(config=model.config)
-        mask = torch.ones_like(ids)
-        with torch.inference_mode():
-            model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], past_key_values=cache, use_cache=True)
-            _sync(device)
-            start = time.perf_counter()
-            for t in range(prompt, prompt + steps):
-                model(
-                    input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True
-                )
-            _sync(device)
-        return (time.perf_counter() - start) / steps
+    def steps() -> None:
+        for t in range(prompt, ids.shape[1]):
+            model(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
 
-    rows: dict[str, tuple[Any, Setup]] = {
+    with torch.inference_mode():
+        model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], past_key_values=cache, use_cache=True)
+        return seconds(steps, device=device) / (ids.shape[1] - prompt)
+
+
+def layer_call_rows(vanilla: Any, steerable: Any, every: SteeringVector) -> dict[str, tuple[Any, Setup]]:
+    return {
         "vanilla transformers": (vanilla, contextlib.nullcontext),
         "steerable idle": (steerable, contextlib.nullcontext),
         "forward hooks, add, all layers": (vanilla, lambda: hooks(vanilla, every, 2.0)),
@@ -242,22 +163,33 @@ def layer_call_report(rounds: int, device: str, dtype: torch.dtype) -> dict[str,
             lambda: steerable.steer(every, 2.0, positions="generated"),
         ),
     }
+
+
+def layer_call_report(rounds: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One-token decode steps with a KV cache on a tiny 16-layer Llama, where the per-layer Python and
+    dispatch cost is most of the time. Each round times every implementation once (interleaved, so
+    slow drift cancels); a row's cost is the median over rounds of its paired difference to its
+    reference, divided by the number of layer calls."""
+    vanilla = tiny_llama(LAYER_CALL_LAYERS).to(device, dtype)
+    steerable = SteerableModel.wrap(tiny_llama(LAYER_CALL_LAYERS).to(device, dtype))
+    d = vanilla.config.hidden_size
+    every = SteeringVector({i: torch.randn(d) for i in range(LAYER_CALL_LAYERS)})
+    ids = torch.randint(3, 200, (1, DECODE_PROMPT + DECODE_STEPS), device=device)
+    rows = layer_call_rows(vanilla, steerable, every)
     times: dict[str, list[float]] = {row: [] for row in rows}
     for round_number in range(rounds + 2):  # two warm-up rounds
         for row, (model, setup) in rows.items():
             with setup():
-                seconds = decode(model)
+                taken = decode_step_seconds(model, ids, device)
             if round_number >= 2:
-                times[row].append(seconds)
-    references = {
-        "steerable idle": "vanilla transformers",
-        "forward hooks, add, all layers": "vanilla transformers",
-        "steerable add, all layers": "forward hooks, add, all layers",
-        "steerable add, token-selective (min_token_index), all layers": "forward hooks, add, all layers",
-        "steerable add, token-selective (positions='generated'), all layers": "forward hooks, add, all layers",
+                times[row].append(taken)
+    out: dict[str, Any] = {
+        "layers": LAYER_CALL_LAYERS,
+        "rounds": rounds,
+        "decode_steps_per_round": DECODE_STEPS,
+        "rows": {},
     }
-    out: dict[str, Any] = {"layers": LAYER_CALL_LAYERS, "rounds": rounds, "decode_steps_per_round": steps, "rows": {}}
-    for row, reference in references.items():
+    for row, reference in LAYER_CALL_REFERENCES.items():
         diffs = sorted((t - r) * 1e6 / LAYER_CALL_LAYERS for t, r in zip(times[row], times[reference], strict=True))
         out["rows"][row] = {
             "reference": reference,
@@ -318,23 +250,22 @@ def per_row_sweep(steerable: Any, d: int, n_layers: int, args: argparse.Namespac
             pad_token_id=0,
         )
 
+    def batched(run: Callable[[torch.Tensor], None], ids: torch.Tensor) -> None:
+        with torch.inference_mode(), steerable.steer(vector, multipliers):
+            run(ids.expand(8, -1))
+
+    def separate(run: Callable[[torch.Tensor], None], ids: torch.Tensor) -> None:
+        for m in multipliers.tolist():
+            with torch.inference_mode(), steerable.steer(vector, m):
+                run(ids)
+
     report: dict[str, Any] = {}
     for kind, run, ids in (("forward", forward, prompt), ("generate", generate, short)):
-        batched, separate = [], []
+        together, alone = [], []
         for _ in range(args.trials + 1):
-            _sync(device)
-            start = time.perf_counter()
-            with torch.inference_mode(), steerable.steer(vector, multipliers):
-                run(ids.expand(8, -1))
-            _sync(device)
-            batched.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for m in multipliers.tolist():
-                with torch.inference_mode(), steerable.steer(vector, m):
-                    run(ids)
-            _sync(device)
-            separate.append(time.perf_counter() - start)
-        b, s = statistics.median(batched[1:]), statistics.median(separate[1:])
+            together.append(seconds(batched, run, ids, device=device))
+            alone.append(seconds(separate, run, ids, device=device))
+        b, s = statistics.median(together[1:]), statistics.median(alone[1:])
         report[kind] = {"batched_ms": b * 1000, "separate_ms": s * 1000, "speedup": s / b}
     return report
 
@@ -347,13 +278,42 @@ def memory_report(steerable: Any, n_layers: int, d: int) -> dict[str, Any]:
         "steering_buffer_bytes_all_layers": extra,
         "expected_layers_x_d_model_x_itemsize": n_layers * d * next(steerable.parameters()).element_size(),
     }
-    status = Path("/proc/self/status")
-    if status.exists():
-        rss = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM"))
-        report["process_peak_rss"] = rss.split(":", 1)[1].strip()
+    rss = process_peak_rss()
+    if rss is not None:
+        report["process_peak_rss"] = rss
     if torch.cuda.is_available():
-        report["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        report["cuda_max_memory_allocated"] = cuda_peak_bytes()
     return report
+
+
+def count_compiles(model: Any, ids: torch.Tensor, change: Callable[[int], None]) -> dict[str, float]:
+    """First-call seconds, new graphs over 10 calls each after ``change(k)``, and the steady ms per call."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm: Any, _inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend)
+
+    def call() -> None:
+        with torch.inference_mode():
+            compiled(input_ids=ids)
+
+    first = seconds(call)
+    before = len(graphs)
+    times = []
+    for k in range(10):
+        change(k)
+        times.append(seconds(call))
+    return {
+        "first_call_s": first,
+        "recompiles_over_10_changes": len(graphs) - before,
+        "steady_ms": statistics.median(times[-3:]) * 1000,
+    }
 
 
 def compile_report(steerable: Any, vanilla: Any, d: int, n_layers: int, device: str) -> dict[str, Any]:
@@ -363,65 +323,19 @@ def compile_report(steerable: Any, vanilla: Any, d: int, n_layers: int, device: 
     ids = torch.randint(3, 200, (1, 16), device=device)
     report: dict[str, Any] = {}
     vector = SteeringVector({i: torch.randn(d) for i in range(n_layers)})
-
-    def count_compiles(model: Any, change: Callable[[int], None]) -> dict[str, float]:
-        torch._dynamo.reset()
-        graphs = []
-
-        def backend(gm: Any, _inputs: Any) -> Any:
-            graphs.append(gm)
-            return gm.forward
-
-        compiled = torch.compile(model, backend=backend)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(input_ids=ids)
-        first = time.perf_counter() - start
-        before = len(graphs)
-        times = []
-        for k in range(10):
-            change(k)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                compiled(input_ids=ids)
-            times.append(time.perf_counter() - start)
-        return {
-            "first_call_s": first,
-            "recompiles_over_10_changes": len(graphs) - before,
-            "steady_ms": statistics.median(times[-3:]) * 1000,
-        }
-
     handle = steerable.steer(vector, 1.0)
     report["steerable: multiplier changes (handle.update)"] = count_compiles(
-        steerable, lambda k: handle.update(multiplier=1.0 + k)
+        steerable, ids, lambda k: handle.update(multiplier=1.0 + k)
     )
     report["steerable: vector value changes (handle.update)"] = count_compiles(
-        steerable, lambda k: handle.update(vector=vector * (1.0 + k))
+        steerable, ids, lambda k: handle.update(vector=vector * (1.0 + k))
     )
     handle.remove()
     state = {"m": 1.0}
-
-    @contextlib.contextmanager
-    def live_hooks() -> Iterator[None]:
-        from steerable.architectures import resolve_architecture
-
-        _, layers = resolve_architecture(vanilla)
-        handles = [
-            layers[i].register_forward_hook(
-                lambda _m, _i, out, v=v: (
-                    (out[0] + state["m"] * v, *out[1:]) if isinstance(out, tuple) else out + state["m"] * v
-                )
-            )
-            for i, v in vector.items()
-        ]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    with live_hooks():
-        report["forward hooks: multiplier changes"] = count_compiles(vanilla, lambda k: state.__setitem__("m", 1.0 + k))
+    with live_hooks(vanilla, vector, lambda: state["m"]):
+        report["forward hooks: multiplier changes"] = count_compiles(
+            vanilla, ids, lambda k: state.__setitem__("m", 1.0 + k)
+        )
     torch._dynamo.reset()
     return report
 
@@ -434,13 +348,13 @@ def profile_report(steerable: Any, d: int, n_layers: int, device: str) -> dict[s
 
     original = SteerableLayer._steerable_output
 
-    def instrumented(self: Any, output: Any, step: Any) -> Any:
+    def instrumented(self: Any, *args: Any) -> Any:
         with record_function("steerable.steer"):
-            return original(self, output, step)
+            return original(self, *args)
 
     vector = SteeringVector({i: torch.randn(d) for i in range(n_layers)})
     ids = torch.randint(3, 200, (1, 64), device=device)
-    SteerableLayer._steerable_output = instrumented  # type: ignore[method-assign]
+    SteerableLayer._steerable_output = instrumented  # type: ignore[method-assign,assignment]
     try:
         with steerable.steer(vector, 1.0), torch.inference_mode():
             steerable(input_ids=ids)
@@ -477,11 +391,19 @@ def repeng_env() -> Path:
     return python
 
 
-def repeng_rows(args: argparse.Namespace, vanilla: Any, path: str | None) -> dict[str, Any]:
+def repeng_rows(args: argparse.Namespace, path: str | None) -> dict[str, Any]:
+    """repeng's rows, from its worker in its own environment: SmolLM2 from ``path``, or (None) the tiny
+    Llama, rebuilt there from ``tiny_llama_config`` with the same seed."""
     try:
         python = repeng_env()
         payload = json.dumps(
-            {"path": path, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len, "trials": args.trials}
+            {
+                "path": path,
+                "config": tiny_llama_config(4).to_dict(),
+                "new_tokens": args.new_tokens,
+                "prompt_len": args.prompt_len,
+                "trials": args.trials,
+            }
         )
         done = subprocess.run([str(python), str(REPENG_WORKER), payload], capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
@@ -515,67 +437,75 @@ def markdown(report: dict[str, Any]) -> str:
         "(time / vanilla time in the same trial) [min-max].",
     ]
     if "layer_calls" in report:
-        lc = report["layer_calls"]
+        lines += _layer_call_markdown(report["layer_calls"])
+    for suite in report["suites"]:
+        lines += _suite_markdown(suite)
+    return "\n".join(lines) + "\n"
+
+
+def _layer_call_markdown(lc: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## Per layer call: tiny Llama, {lc['layers']} layers, one-token decode with a KV cache",
+        "",
+        f"{lc['rounds']} interleaved rounds of {lc['decode_steps_per_round']} decode steps; vanilla takes "
+        f"{lc['vanilla_us_per_layer_call']:.1f} us per layer call. Cost = median over rounds of the paired "
+        "difference to the reference, per layer call, in microseconds [interquartile range].",
+        "",
+        "| implementation | reference | us per layer call |",
+        "| --- | --- | --- |",
+    ]
+    for row, r in lc["rows"].items():
+        cost = f"{r['median_us_per_layer_call']:+.2f} [{r['p25']:+.2f} to {r['p75']:+.2f}]"
+        lines.append(f"| {row} | {r['reference']} | {cost} |")
+    return lines + ["", "Targets:"] + [f"- {t}" for t in lc["verdicts"]]
+
+
+def _suite_markdown(suite: dict[str, Any]) -> list[str]:
+    lines = ["", f"## {suite['model']}", ""]
+    measures = list(next(iter(suite["rows"].values())))
+    lines.append("| implementation | " + " | ".join(measures) + " |")
+    lines.append("| --- |" + " --- |" * len(measures))
+    for row, per in suite["rows"].items():
+        lines.append(f"| {row} | " + " | ".join(_cell(v) for v in per.values()) + " |")
+    if "repeng" in suite:
+        rp = suite["repeng"]
+        if "error" in rp:
+            lines.append(f"| repeng 0.4.0, all layers | not measured: {rp['error']} |")
+        else:
+            cells = " | ".join(_cell(v) for v in rp["rows"].values())
+            lines.append(f"| repeng 0.4.0, all layers (own process and environment, own vanilla) | {cells} |")
+    lines.append("")
+    for kind, s in suite["per_row_sweep"].items():
+        what = "one 64-token forward" if kind == "forward" else "generating 16 tokens"
+        lines.append(
+            f"- Per-row sweep, {what}: 8 multipliers as one batch of 8 {s['batched_ms']:.1f} ms vs 8 batch-1 "
+            f"runs {s['separate_ms']:.1f} ms: **{s['speedup']:.1f}x** (target >= 5x)."
+        )
+    mem = suite["memory"]
+    lines.append(
+        f"- Memory: steering buffers for all layers {mem['steering_buffer_bytes_all_layers']} bytes "
+        f"(layers x d_model x itemsize = {mem['expected_layers_x_d_model_x_itemsize']}); "
+        f"process peak RSS {mem.get('process_peak_rss', 'n/a')}."
+    )
+    p = suite["profile"]
+    lines.append(
+        f"- Profile (torch.profiler, one 64-token forward, all layers steered): the steering step takes "
+        f"{p['steer_us_per_layer']:.1f} us per layer (profiler overhead included), "
+        f"{100 * p['steer_share_of_forward']:.1f}% of the forward."
+    )
+    if "compile" in suite:
         lines += [
             "",
-            f"## Per layer call: tiny Llama, {lc['layers']} layers, one-token decode with a KV cache",
-            "",
-            f"{lc['rounds']} interleaved rounds of {lc['decode_steps_per_round']} decode steps; vanilla takes "
-            f"{lc['vanilla_us_per_layer_call']:.1f} us per layer call. Cost = median over rounds of the paired "
-            "difference to the reference, per layer call, in microseconds [interquartile range].",
-            "",
-            "| implementation | reference | us per layer call |",
-            "| --- | --- | --- |",
+            "| torch.compile (counting backend) | first call s | recompiles over 10 changes | steady ms |",
         ]
-        for row, r in lc["rows"].items():
-            cost = f"{r['median_us_per_layer_call']:+.2f} [{r['p25']:+.2f} to {r['p75']:+.2f}]"
-            lines.append(f"| {row} | {r['reference']} | {cost} |")
-        lines += ["", "Targets:"] + [f"- {t}" for t in lc["verdicts"]]
-    for suite in report["suites"]:
-        lines += ["", f"## {suite['model']}", ""]
-        measures = list(next(iter(suite["rows"].values())))
-        lines.append("| implementation | " + " | ".join(measures) + " |")
-        lines.append("| --- |" + " --- |" * len(measures))
-        for row, per in suite["rows"].items():
-            lines.append(f"| {row} | " + " | ".join(_cell(v) for v in per.values()) + " |")
-        if "repeng" in suite:
-            rp = suite["repeng"]
-            if "error" in rp:
-                lines.append(f"| repeng 0.4.0, all layers | not measured: {rp['error']} |")
-            else:
-                cells = " | ".join(_cell(v) for v in rp["rows"].values())
-                lines.append(f"| repeng 0.4.0, all layers (own process and environment, own vanilla) | {cells} |")
-        lines.append("")
-        for kind, s in suite["per_row_sweep"].items():
-            what = "one 64-token forward" if kind == "forward" else "generating 16 tokens"
+        lines.append("| --- | --- | --- | --- |")
+        for name, c in suite["compile"].items():
             lines.append(
-                f"- Per-row sweep, {what}: 8 multipliers as one batch of 8 {s['batched_ms']:.1f} ms vs 8 batch-1 "
-                f"runs {s['separate_ms']:.1f} ms: **{s['speedup']:.1f}x** (target >= 5x)."
+                f"| {name} | {c['first_call_s']:.2f} | {c['recompiles_over_10_changes']} | {c['steady_ms']:.2f} |"
             )
-        mem = suite["memory"]
-        lines.append(
-            f"- Memory: steering buffers for all layers {mem['steering_buffer_bytes_all_layers']} bytes "
-            f"(layers x d_model x itemsize = {mem['expected_layers_x_d_model_x_itemsize']}); "
-            f"process peak RSS {mem.get('process_peak_rss', 'n/a')}."
-        )
-        p = suite["profile"]
-        lines.append(
-            f"- Profile (torch.profiler, one 64-token forward, all layers steered): the steering step takes "
-            f"{p['steer_us_per_layer']:.1f} us per layer (profiler overhead included), "
-            f"{100 * p['steer_share_of_forward']:.1f}% of the forward."
-        )
-        if "compile" in suite:
-            lines += [
-                "",
-                "| torch.compile (counting backend) | first call s | recompiles over 10 changes | steady ms |",
-            ]
-            lines.append("| --- | --- | --- | --- |")
-            for name, c in suite["compile"].items():
-                lines.append(
-                    f"| {name} | {c['first_call_s']:.2f} | {c['recompiles_over_10_changes']} | {c['steady_ms']:.2f} |"
-                )
-        lines += ["", "Targets:"] + [f"- {t}" for t in suite["verdicts"]]
-    return "\n".join(lines) + "\n"
+    lines += ["", "Targets:"] + [f"- {t}" for t in suite["verdicts"]]
+    return lines
 
 
 def verdicts(suite: dict[str, Any]) -> list[str]:

@@ -22,7 +22,6 @@ import contextlib
 import importlib.metadata
 import json
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,11 @@ import torch
 import transformers
 from torch import Tensor
 
-from benchmarks.overhead import decode_ms_per_token, hooks, prefill_ms_per_token, tiny_llama
+from benchmarks.hooks import hooks
+from benchmarks.measure import decode_ms_per_token, prefill_ms_per_token, ratios, seconds, spread
+from benchmarks.models import vanilla_model
 from steerable import SteerableModel, SteeringVector
+from steerable.testing.tiny_models import tiny_llama
 
 MEASURES = ("decode_b1_ms_per_token", "decode_b8_ms_per_token", "prefill_ms_per_token", "layer_call_us")
 IMPLEMENTATIONS = ("steerable", "forward hooks", "nnsight", "TransformerLens")
@@ -77,19 +79,18 @@ class Steered:
 
 def timed(run: Callable[[], Any] | Steered) -> float:
     with run.context() if isinstance(run, Steered) else contextlib.nullcontext(), torch.inference_mode():
-        start = time.perf_counter()
-        (run.run if isinstance(run, Steered) else run)()
-        return time.perf_counter() - start
+        return seconds(run.run if isinstance(run, Steered) else run)
+
+
+def ids(batch: int, length: int) -> torch.Tensor:
+    """Random token ids, the same for every implementation (seeded by the shape)."""
+    return torch.randint(3, 200, (batch, length), generator=torch.Generator().manual_seed(batch + length))
 
 
 # -- Hugging Face implementations: steerable, hooks, nnsight -------------------------------------------
 def hf_runs(model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int, name: str) -> dict[str, Any]:
     """For implementation ``name`` on ``model``: a (steered, vanilla) pair of callables per measure.
     steerable wraps ``model`` (unwrap it afterwards); the others use it as it is."""
-    n_layers = model.config.num_hidden_layers
-
-    def ids(batch: int, length: int) -> torch.Tensor:
-        return torch.randint(3, 200, (batch, length), generator=torch.Generator().manual_seed(batch + length))
 
     def ours(run: Callable[[], None]) -> Steered:
         return Steered(lambda: SteerableModel.of(model).steer(vector, 1.0), run)
@@ -107,12 +108,20 @@ def hf_runs(model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int
         return {k: (ours(v), v) for k, v in vanilla.items()}
     if name == "forward hooks":
         return {k: (hooked(v), v) for k, v in vanilla.items()}
+    return nnsight_runs(model, vector, new_tokens, prompt_len, vanilla)
+
+
+def nnsight_runs(
+    model: Any, vector: SteeringVector, new_tokens: int, prompt_len: int, vanilla: dict[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    """nnsight 0.8 on ``model``: the same add inside a trace (prefill) and at every generation step."""
     try:
         import nnsight
     except ImportError:
         return {"error": "not installed"}
     from steerable.testing import smollm2_path
 
+    n_layers = model.config.num_hidden_layers
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_path())  # for batching; inputs are ids
     wrapped = nnsight.TransformersModel(model, tokenizer=tokenizer, task="text-generation")
     layers = [wrapped.model.layers[i] for i in range(n_layers)]
@@ -175,9 +184,6 @@ def lens_runs(model: Any, vector: Tensor, new_tokens: int, prompt_len: int) -> d
 
     names = [(f"blocks.{i}.hook_resid_post", add) for i in range(n_layers)]
 
-    def ids(batch: int, length: int) -> torch.Tensor:
-        return torch.randint(3, 200, (batch, length), generator=torch.Generator().manual_seed(batch + length))
-
     def generate(batch: int) -> None:
         model.generate(
             ids(batch, 8),
@@ -213,15 +219,7 @@ def measure(runs: dict[str, Any], trials: int, per: dict[str, float]) -> dict[st
         for _ in range(trials):
             s.append(timed(steered) * 1000 / per[key])
             v.append(timed(vanilla) * 1000 / per[key])
-        out[key] = {
-            "median": statistics.median(s),
-            "min": min(s),
-            "max": max(s),
-            "vanilla_median": statistics.median(v),
-            "ratio": statistics.median(s) / statistics.median(v),
-            "ratio_min": min(a / b for a, b in zip(s, v, strict=True)),
-            "ratio_max": max(a / b for a, b in zip(s, v, strict=True)),
-        }
+        out[key] = spread(s) | {"vanilla_median": statistics.median(v)} | ratios(s, v, of="medians")
     return out
 
 
@@ -238,12 +236,7 @@ def layer_call_us(runs: dict[str, Any], trials: int, new_tokens: int, n_layers: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
-    if args.quick:
-        model = tiny_llama(4)
-    else:
-        from steerable.testing import smollm2_path
-
-        model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
+    model = vanilla_model("tiny" if args.quick else "smollm2")
     d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
     vector = SteeringVector({i: torch.randn(d) * 0.1 for i in range(n_layers)})
     per = {

@@ -1,55 +1,31 @@
 """The repeng half of the overhead benchmark: runs in its own numpy<2 environment (see
-``benchmarks.overhead.repeng_env``) and prints its timings as JSON."""
+``benchmarks.overhead.repeng_env``; steerable is not installed there, so it imports the timers from
+this folder's measure.py as a top-level module) and prints its timings as JSON."""
 # ruff: noqa: E401, E701, E702, E731
 
 import json
 import sys
-import time
 
 import repeng
 import torch
 import transformers
+from measure import decode_ms_per_token, prefill_ms_per_token  # this folder is the script's sys.path[0]
 
 args = json.loads(sys.argv[1])
 torch.manual_seed(0)
-if args["path"] is None:
-    c = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-    )
-    model = transformers.LlamaForCausalLM(c).eval()
+if args["path"] is None:  # the tiny Llama of steerable.testing.tiny_models.tiny_llama, rebuilt from its config
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig.from_dict(args["config"])).eval()
 else:
     model = transformers.AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).eval()
 n, d = model.config.num_hidden_layers, model.config.hidden_size
 
 
 def decode(m, batch):
-    ids = torch.randint(3, 200, (batch, 8))
-    t = time.perf_counter()
-    with torch.inference_mode():
-        m.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=args["new_tokens"],
-            min_new_tokens=args["new_tokens"],
-            do_sample=False,
-            pad_token_id=0,
-        )
-    return (time.perf_counter() - t) * 1000 / args["new_tokens"]
+    return decode_ms_per_token(m, batch, args["new_tokens"], "cpu")
 
 
 def prefill(m):
-    ids = torch.randint(3, 200, (1, args["prompt_len"]))
-    t = time.perf_counter()
-    with torch.inference_mode():
-        m(input_ids=ids)
-    return (time.perf_counter() - t) * 1000 / args["prompt_len"]
+    return prefill_ms_per_token(m, args["prompt_len"], "cpu")
 
 
 vanilla = {"decode_b1": [], "decode_b8": [], "prefill": []}

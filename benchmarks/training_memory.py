@@ -15,12 +15,12 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import psutil
+from benchmarks.measure import peak_rss
 
 
 def pairs(n: int) -> Iterator[tuple[str, str]]:
@@ -29,6 +29,21 @@ def pairs(n: int) -> Iterator[tuple[str, str]]:
     food, other = topic_prompts()
     for k in range(n):
         yield f"{food[k % len(food)]} ({k})", f"{other[k % len(other)]} ({k})"
+
+
+def train(implementation: str, model: Any, tokenizer: Any, layers: list[int], n: int) -> None:
+    """Train `mean` on ``n`` pairs with steerable (from the generator) or steering-vectors (from a list)."""
+    if implementation == "steerable":
+        from steerable import train_steering_vector
+
+        train_steering_vector(model, tokenizer, pairs(n), layers=layers, batch_size=16, show_progress=False)
+        return
+    import steering_vectors as sv
+
+    from steerable import SteerableModel
+
+    vanilla = SteerableModel.unwrap(model)  # its hooks go on the plain model
+    sv.train_steering_vector(vanilla, tokenizer, list(pairs(n)), layers=layers, batch_size=16, show_progress=False)
 
 
 def worker(implementation: str, n: int) -> None:
@@ -40,43 +55,21 @@ def worker(implementation: str, n: int) -> None:
     model, tokenizer = smollm2()
     tokenizer.padding_side = "left"
     layers = list(range(model.config.num_hidden_layers))
-    process = psutil.Process()
-    loaded = process.memory_info().rss
-    peak = [loaded]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        if implementation == "steerable":
-            from steerable import train_steering_vector
-
-            train_steering_vector(model, tokenizer, pairs(n), layers=layers, batch_size=16, show_progress=False)
-        else:
-            import steering_vectors as sv
-
-            from steerable import SteerableModel
-
-            vanilla = SteerableModel.unwrap(model)  # its hooks go on the plain model
-            sv.train_steering_vector(
-                vanilla, tokenizer, list(pairs(n)), layers=layers, batch_size=16, show_progress=False
-            )
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
-    result = {"implementation": implementation, "pairs": n, "loaded_mb": loaded / 2**20, "peak_mb": peak[0] / 2**20}
+    with torch.inference_mode(), peak_rss(interval_s=0.005) as memory:
+        start = time.perf_counter()
+        train(implementation, model, tokenizer, layers, n)
+        seconds = time.perf_counter() - start
+    result = {"implementation": implementation, "pairs": n, "loaded_mb": memory.before / 2**20}
+    result["peak_mb"] = memory.peak / 2**20
     print(json.dumps(result | {"seconds": seconds}))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.training_memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--pairs", default="100,1000,5000")
     parser.add_argument("--out", default="benchmarks/results/training_memory")
     parser.add_argument("--worker", nargs=2, metavar=("IMPLEMENTATION", "PAIRS"), help=argparse.SUPPRESS)

@@ -217,3 +217,191 @@ def test_sweep_end_to_end(tiny_dir, tmp_path, capsys) -> None:
     assert "most steerable layer" in capsys.readouterr().out
     assert main(["sweep", "--model", str(tiny_dir), "--data", str(tmp_path / "missing.json")]) == 2
     assert "steerable sweep: error:" in capsys.readouterr().err
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _write(tmp_path, tensors, **metadata):
+    from safetensors.torch import save_file
+
+    base = {"format": "steerable.steering_vector", "format_version": "1", "site": "block", "hidden_size": "4"}
+    path = tmp_path / "v.safetensors"
+    save_file(tensors, str(path), metadata={**base, **metadata})
+    return path
+
+
+def test_the_cli_reports_bad_files_in_one_line_with_exit_code_2(tmp_path, capsys) -> None:
+    from steerable.cli import main
+
+    path = _write(tmp_path, {"layer.1": torch.zeros(4, dtype=torch.float8_e4m3fn)}, layers="[1]", dtype="float8_e4m3fn")
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steerable info: error: v.safetensors:") and "\n" not in err
+
+
+# -- one module per command -----------------------------------------------------------------------
+def test_one_module_per_command_and_short_functions() -> None:
+    import ast
+    import importlib
+
+    import steerable.cli as cli
+
+    names = {"info", "train", "generate", "sweep", "diagnose", "bench"}
+    for name in names:
+        module = importlib.import_module(f"steerable.cli.{name}")
+        assert callable(module.add_parser) and callable(module.run) and module in cli.COMMANDS
+    choices = next(a for a in cli.parser()._actions if a.dest == "command").choices
+    assert set(choices) == names
+    root = Path(cli.__file__).parents[1]
+    long = [
+        (str(path.relative_to(root)), node.name, node.end_lineno - node.lineno + 1)
+        for path in [*root.joinpath("cli").glob("*.py"), *root.joinpath("research").glob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert long == []  # parser was 71 lines and run 63
+
+
+# -- hardening: user errors are one line on stderr, checked before the work ----------------------
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err  # after any progress bars of the model's loading (they end in \r)
+    line = err.split("\n")[-2].split("\r")[-1]
+    assert err.endswith("\n") and "Traceback" not in err and err.count("steerable ") == 1
+    assert line.startswith(f"steerable {command}: error: ") and line.split(": error: ")[1]
+    return line
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a command loads a model: its checks must come first."""
+    from steerable.cli import common
+
+    def refuse(name):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(common, "load_model", refuse)
+
+
+def test_files_that_break_parsers_are_one_line_errors(tiny_dir, tmp_path, capsys) -> None:
+    long_csv = tmp_path / "long.csv"
+    long_csv.write_text('positive,negative\n"' + "w" * 131_073 + '",w7\n')
+    assert main(["train", "--model", str(tiny_dir), "--data", str(long_csv), "--out", str(tmp_path / "v")]) == 2
+    assert "long.csv line 2: not readable as CSV (field larger than field limit" in _one_line_error(capsys, "train")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["train", "--model", str(tiny_dir), "--data", str(deep), "--out", str(tmp_path / "v")]) == 2
+    assert "deep.json: JSON nested too deeply to read" in _one_line_error(capsys, "train")
+    assert not (tmp_path / "v").exists()
+
+
+def test_prompts_files_nested_too_deeply_and_negative_counts_fail_before_the_model(tmp_path, capsys, no_model) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    base = ["generate", "--vector", str(tmp_path / "v.safetensors")]
+    assert main([*base, "--prompts-file", str(deep)]) == 2  # was a RecursionError traceback
+    assert "deep.json: JSON nested too deeply to read" in _one_line_error(capsys, "generate")
+    assert main([*base, "--prompt", "w5", "--prompt", "w6", "--max-prompts", "-1"]) == 2  # dropped the last prompt
+    assert "--max-prompts must be at least 1, got -1" in _one_line_error(capsys, "generate")
+    assert main(["train", "--max-pairs", "-1"]) == 2  # sliced the shipped pairs from the end
+    assert "--max-pairs must be at least 1, got -1" in _one_line_error(capsys, "train")
+    assert main(["sweep", "--data", "x.json", "--samples", "-2"]) == 2
+    assert "--samples must be at least 0, got -2" in _one_line_error(capsys, "sweep")
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, no_model) -> None:
+    missing = tmp_path / "no" / "such" / "v.safetensors"
+    assert main(["train", "--out", str(missing)]) == 2  # was a SafetensorError after the whole training
+    assert f"the directory {missing.parent} does not exist" in _one_line_error(capsys, "train")
+    assert main(["train", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a directory: give a file path such as" in _one_line_error(capsys, "train")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    ab = tmp_path / "ab.json"
+    ab.write_text(
+        json.dumps([{"question": "q", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}])
+    )
+    assert main(["sweep", "--data", str(ab), "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file: give a directory" in _one_line_error(capsys, "sweep")
+    assert main(["sweep", "--data", str(ab), "--out", str(a_file / "below")]) == 2
+    assert "is a file, so" in _one_line_error(capsys, "sweep")
+    assert main(["diagnose", str(tmp_path / "v.safetensors"), "--data", str(ab), "--out", str(a_file)]) == 2
+    assert "is a file: give a directory" in _one_line_error(capsys, "diagnose")
+
+
+def test_a_one_multiplier_sweep_is_refused_before_the_model(tmp_path, capsys, no_model) -> None:
+    assert main(["sweep", "--data", str(tmp_path / "ab.json"), "--multipliers=1"]) == 2  # exited 0, steerability NaN
+    assert "--multipliers needs at least two different values" in _one_line_error(capsys, "sweep")
+    assert main(["sweep", "--data", str(tmp_path / "ab.json"), "--multipliers=2,2"]) == 2
+
+
+def test_the_console_script_reports_a_deep_file_in_one_line(tmp_path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    exe = Path(sys.executable).parent / "steerable"
+    result = subprocess.run(
+        [str(exe), "generate", "--vector", "v.safetensors", "--prompts-file", str(deep)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "deep.json: JSON nested too deeply to read" in result.stderr
+
+
+# -- hardening: text from files and models is printed escaped -------------------------------------
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\rforged\nlayers:      [0]\x9b31m café 日本 👩\u200d💻 \u202eevil"
+
+
+def test_info_prints_untrusted_metadata_escaped(tmp_path, capsys) -> None:
+    vector = SteeringVector({1: torch.ones(4)}, model_type="llama", method="mean\x1b[31m", description=HOSTILE)
+    vector.save(tmp_path / "v.safetensors")
+    assert main(["info", str(tmp_path / "v.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\x9b\u202e")  # nothing reaches the terminal raw
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("layers:")] == ["layers:      [1]"]  # no forged line
+    (line,) = [line for line in lines if line.startswith("description:")]
+    assert line == (
+        "description: \\x1b[2J\\x1b]0;pwned\\x07\\rforged\\nlayers:      [0]\\x9b31m café 日本 👩\u200d💻 \\u202eevil"
+    )  # ordinary unicode, and the joiner inside the emoji, stay
+    assert "method:      mean\\x1b[31m" in lines
+
+
+def test_generate_prints_prompts_escaped(tiny_dir, tmp_path, capsys) -> None:
+    SteeringVector({0: torch.ones(32)}).save(tmp_path / "v.safetensors")
+    args = ["generate", "--model", str(tiny_dir), "--vector", str(tmp_path / "v.safetensors"), "--no-chat"]
+    assert main([*args, "--prompt", "w5\x1b]0;x\x07 w6", "--max-new-tokens", "2", "--multipliers=0"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "== w5\\x1b]0;x\\x07 w6" and "\x1b" not in out and "\x07" not in out
+
+
+def test_error_messages_are_escaped(tmp_path, capsys, no_model) -> None:
+    bad = tmp_path / "bad\x1b[2J.json"
+    bad.write_text("{not json")
+    SteeringVector({0: torch.ones(4)}).save(tmp_path / "v.safetensors")
+    assert main(["generate", "--vector", str(tmp_path / "v.safetensors"), "--prompts-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and err.count("\n") == 1 and "bad\\x1b[2J.json: not valid JSON" in err
+
+
+def test_printable_escapes_controls_and_keeps_ordinary_unicode() -> None:
+    from steerable.cli.common import printable
+
+    assert (
+        printable("a\x1b[0m\x07\r\n\t\x9b\x7f\u2028\u202e\ufeffz")
+        == "a\\x1b[0m\\x07\\r\\n\\t\\x9b\\x7f\\u2028\\u202e\\ufeffz"
+    )
+    assert printable("naïve Ωμέγα 中文 🙂 👩\u200d💻") == "naïve Ωμέγα 中文 🙂 👩\u200d💻"
+
+
+# -- the caller's tokenizer is left as it was -----------------------------------------------------
+def test_generate_leaves_the_tokenizer_padding_side_alone(tmp_path, capsys, monkeypatch) -> None:
+    from steerable import SteerableModel
+    from steerable.cli import common
+
+    model, tok = SteerableModel.wrap(tiny_model("llama")), tiny_tokenizer()
+    tok.padding_side = "right"
+    monkeypatch.setattr(common, "load_model", lambda name: (model, tok))
+    SteeringVector({0: torch.ones(32)}).save(tmp_path / "v.safetensors")
+    args = ["generate", "--vector", str(tmp_path / "v.safetensors"), "--no-chat", "--max-new-tokens", "3"]
+    assert main([*args, "--prompt", "w5 w6 w7", "--prompt", "w8", "--multipliers=0,4"]) == 0
+    assert tok.padding_side == "right"  # the command set it to "left" for good
+    together = capsys.readouterr().out
+    assert main([*args, "--prompt", "w8", "--multipliers=0,4"]) == 0  # the short prompt alone: left padding held
+    assert capsys.readouterr().out.split("== ")[1] == together.split("== ")[2]

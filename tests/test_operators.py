@@ -118,3 +118,26 @@ def test_user_operators_get_the_built_in_validation(models) -> None:
     assert not model.is_steering
     with torch.no_grad():
         assert torch.equal(model(input_ids=IDS, attention_mask=MASK).logits, idle)
+
+
+@pytest.fixture
+def pair():
+    return tiny_model("llama"), SteerableModel.wrap(tiny_model("llama"))
+
+
+def logits(model, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK, **kwargs).logits
+
+
+# -- valid input that used to fail ------------------------------------------------------------------
+def test_clamp_with_per_row_vectors_and_a_plain_multiplier_equals_a_hook(pair) -> None:
+    vanilla, model = pair
+    torch.manual_seed(0)
+    rows = torch.randn(3, 32)
+    units = (rows / rows.norm(dim=-1, keepdim=True))[:, None, :]
+    with model.steer(SteeringVector({1: rows}), 0.5, operator="clamp"):
+        got = logits(model)
+    with hooked(vanilla, {1: lambda h: h + (0.5 - (h * units).sum(-1, keepdim=True)) * units}):
+        expected = logits(vanilla)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -40,6 +40,11 @@ def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = N
             "layer 0 cannot be written: llama.cpp rejects direction.0 (it has no slot for block 0's output); "
             "drop layer 0 or move it to another layer"
         )
+    if model_hint is not None and not isinstance(model_hint, str):
+        raise TypeError(
+            f"model_hint must be a str (the model type llama.cpp checks, e.g. 'llama'), got "
+            f"{type(model_hint).__name__}: {model_hint!r}"
+        )
     hint = model_hint or vector.model_type or ""
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", hint)
@@ -110,9 +115,16 @@ def from_gguf(path: str | Path, num_layers: int | None = None) -> SteeringVector
 
 
 def _string_field(reader: Any, key: str, name: str = "") -> str | None:
+    """The text of the string field ``key`` (None when absent); a field of another type is an error,
+    not its bytes read as text."""
+    import gguf
+
     field = reader.get_field(key)
     if field is None:
         return None
+    if list(field.types) != [gguf.GGUFValueType.STRING]:
+        kinds = "/".join(t.name for t in field.types) or "empty"
+        raise ValueError(f"{name}: the {key} field is {kinds}, not a string: rewrite the file with a text value")
     raw = bytes(field.parts[field.data[0]])
     try:
         return raw.decode("utf-8")

@@ -14,7 +14,6 @@ swapped, so each letter matches the behaviour equally often and the letter direc
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from steerable.chat_roles import chat_prompt
+from steerable.research.files import read_json
 from steerable.train.pairs import ContrastivePair
 
 
@@ -37,10 +37,7 @@ class ABItem:
 
 def load_ab_dataset(path: str | Path) -> list[ABItem]:
     """Read an A/B JSON file; a malformed item is an error that names it."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    data = read_json(path)
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON list of A/B items")
     items = []

@@ -25,6 +25,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerable.research.ab import ABItem, ab_pairs, letter_counts
+from steerable.research.arguments import nonempty
+from steerable.research.undefined import defined, shown, strict, undefined
 from steerable.train.extraction import aggregate_activations, extract_activations
 from steerable.train.pairs import ContrastivePair, ReadIndex
 from steerable.vectors import SteeringVector
@@ -58,10 +60,17 @@ def cosine_matrix(a: SteeringVector, b: SteeringVector | None = None) -> Float[T
 
 
 def auc(positive: Float[Tensor, " n"], negative: Float[Tensor, " m"]) -> float:
-    """P(a positive score > a negative score), ties counting half (the Mann-Whitney U statistic)."""
+    """P(a positive score > a negative score), ties counting half (the Mann-Whitney U statistic).
+    NaN scores make it undefined: NaN with an ``UndefinedStatisticWarning`` (a NaN compares as neither
+    greater nor equal, so counting it would pass for a valid AUC)."""
+    positive, negative = torch.as_tensor(positive).float().flatten(), torch.as_tensor(negative).float().flatten()
     if positive.numel() == 0 or negative.numel() == 0:
         raise ValueError("auc needs at least one positive and one negative score")
-    diff = rearrange(positive.float().flatten(), "n -> n 1") - rearrange(negative.float().flatten(), "m -> 1 m")
+    nans = int(positive.isnan().sum() + negative.isnan().sum())
+    if nans:
+        total = positive.numel() + negative.numel()
+        return undefined("the AUC", f"{nans} of its {total} scores are NaN (the activations or the vector hold NaN)")
+    diff = rearrange(positive, "n -> n 1") - rearrange(negative, "m -> 1 m")
     return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
 
 
@@ -69,7 +78,8 @@ def auc(positive: Float[Tensor, " n"], negative: Float[Tensor, " m"]) -> float:
 class LayerDiagnosis:
     layer: int
     norm: float
-    behaviour_auc: float  # positive vs negative projections; < 0.5: the vector points the wrong way
+    behaviour_auc: float | None  # positive vs negative projections; < 0.5: the vector points the wrong way
+    # (None: undefined, the projections hold NaN)
     letter_auc: float | None = None  # A/B data: A-texts vs B-texts, direction-free (max(auc, 1 - auc))
     letter_cosine: float | None = None  # with the letter direction (mean A-read minus mean B-read)
 
@@ -100,8 +110,9 @@ class Diagnosis:
         return [row.layer for row in self.layers if row.letter_driven]
 
     def rows(self) -> list[dict[str, Any]]:
+        """One dict per layer, undefined values None: ``json.dumps(rows, allow_nan=False)`` holds."""
         return [
-            row.__dict__ | {"letter_driven": row.letter_driven, "letter_sorted": row.letter_sorted}
+            strict(row.__dict__ | {"letter_driven": row.letter_driven, "letter_sorted": row.letter_sorted})
             for row in self.layers
         ]
 
@@ -110,11 +121,17 @@ class Diagnosis:
         ab = self.letters is not None
         lines.append("layer    norm  behaviour AUC" + ("  letter AUC  cos(letter)" if ab else ""))
         for row in self.layers:
-            line = f"{row.layer:>5} {row.norm:>7.3f} {row.behaviour_auc:>14.3f}"
-            if ab and row.letter_auc is not None and row.letter_cosine is not None:
+            line = f"{row.layer:>5} {shown(row.norm):>7} {shown(row.behaviour_auc):>14}"
+            if ab:
                 mark = "  <- letter-driven" if row.letter_driven else "  (sorts by letter)" if row.letter_sorted else ""
-                line += f" {row.letter_auc:>11.3f} {row.letter_cosine:>12.3f}{mark}"
+                line += f" {shown(row.letter_auc):>11} {shown(row.letter_cosine):>12}{mark}"
             lines.append(line)
+        undefined_layers = [row.layer for row in self.layers if row.behaviour_auc is None]
+        if undefined_layers:
+            lines.append(
+                f"WARNING: at layers {undefined_layers} the AUC is undefined: the projections hold NaN. Check the "
+                "model's activations (dtype overflow?) and the vector for NaN or inf."
+            )
         flagged = self.letter_driven_layers
         if flagged:
             lines.append(
@@ -154,16 +171,17 @@ def diagnose(
 ) -> Diagnosis:
     """Project held-out ``data`` (A/B items, or contrastive pairs) onto ``vector`` at ``layers``
     (default: the vector's) and report how well it separates behaviour, and for A/B items the letter."""
+    given: list[Any] = nonempty(data, "data", "held-out A/B items or contrastive pairs (positive, negative)")
     layer_list = list(layers) if layers is not None else vector.layers
     missing = [layer for layer in layer_list if layer not in vector]
     if missing:
         raise ValueError(f"layers {missing} are not in the vector (it has {vector.layers})")
-    items = [d for d in data if isinstance(d, ABItem)]
-    if items and len(items) != len(data):
+    items = [d for d in given if isinstance(d, ABItem)]
+    if items and len(items) != len(given):
         raise TypeError("give A/B items or contrastive pairs, not a mix")
     # A/B items in both orders (each item, then it swapped): letter and behaviour independent by design;
     # a positive text ends with its matching letter, which is the item's other letter once swapped
-    pairs: list[Any] = ab_pairs(tokenizer, items, chat, balance="swap") if items else list(data)
+    pairs: list[Any] = ab_pairs(tokenizer, items, chat, balance="swap") if items else given
     pos_letters = [letter for i in items for letter in (i.matching, i.not_matching)]
     positive, negative = extract_activations(
         model, tokenizer, pairs, layer_list, read_token_index, batch_size, vector.site, show_progress
@@ -173,18 +191,19 @@ def diagnose(
         direction = vector[layer]
         direction = direction.float().mean(0) if direction.ndim == 2 else direction.float()
         pos, neg = project(positive[layer], direction), project(negative[layer], direction)
-        row = LayerDiagnosis(layer, float(direction.norm()), auc(pos, neg))
+        row = LayerDiagnosis(layer, float(direction.norm()), defined(auc(pos, neg)))
         if items:
             first = pos_letters[0]
             is_first = torch.tensor([letter == first for letter in pos_letters])
             # a positive read ends with its matching letter, a negative with the other one
             letter_scores = torch.cat([pos, neg])
             letter_is_first = torch.cat([is_first, ~is_first])
-            raw = auc(letter_scores[letter_is_first], letter_scores[~letter_is_first])
-            row.letter_auc = max(raw, 1.0 - raw)
+            raw = defined(auc(letter_scores[letter_is_first], letter_scores[~letter_is_first]))
+            row.letter_auc = None if raw is None else max(raw, 1.0 - raw)
             reads = torch.cat([positive[layer], negative[layer]]).float()
             letter_direction = reads[letter_is_first].mean(0) - reads[~letter_is_first].mean(0)
-            row.letter_cosine = float(torch.nn.functional.cosine_similarity(letter_direction, direction.cpu(), dim=0))
+            cosine = torch.nn.functional.cosine_similarity(letter_direction, direction.cpu(), dim=0)
+            row.letter_cosine = defined(float(cosine))
         rows.append(row)
     return Diagnosis(rows, len(pairs), letter_counts(items) if items else None, positive, negative)
 
@@ -205,6 +224,7 @@ def separation_report(
     on a seeded random ``1 - held_out`` of the pairs, on those pairs and on the held-out rest."""
     if not 0.0 < held_out < 1.0:
         raise ValueError(f"held_out is the fraction of pairs kept out of training, in (0, 1); got {held_out}")
+    pairs = nonempty(pairs, "pairs", "contrastive pairs (positive, negative) to train and hold out")
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_test = max(1, round(held_out * len(pairs)))
@@ -221,8 +241,8 @@ def separation_report(
         rows.append(
             {
                 "layer": layer,
-                "train_auc": auc(pos[train], neg[train]),
-                "held_out_auc": auc(pos[test], neg[test]),
+                "train_auc": defined(auc(pos[train], neg[train])),
+                "held_out_auc": defined(auc(pos[test], neg[test])),
                 "n_train": len(train),
                 "n_held_out": len(test),
             }
@@ -238,48 +258,50 @@ def plot_pca(
     title: str = "",
 ) -> Path:
     """One panel per layer: positive and negative reads on the first two principal axes of both."""
-    import matplotlib
+    from matplotlib.figure import Figure  # a figure of its own: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layer_list = list(layers) if layers is not None else list(positive)
+    layer_list = nonempty(layers if layers is not None else positive, "layers", "the layers to plot")
     columns = min(4, len(layer_list))
     rows = -(-len(layer_list) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * columns, 3.0 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, layer in zip(axes.flat, layer_list, strict=False):
         reads = torch.cat([positive[layer], negative[layer]]).float()
+        ax.set_title(f"layer {layer}", fontsize="small")
+        if not reads.isfinite().all():  # no principal axes of NaN reads: say so rather than fail
+            ax.text(0.5, 0.5, "undefined:\nthe reads hold NaN or inf", ha="center", va="center", transform=ax.transAxes)
+            continue
         centred = reads - reads.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         xy = centred @ v[:2].T
         n = positive[layer].shape[0]
         ax.scatter(xy[:n, 0], xy[:n, 1], s=10, alpha=0.7, label="positive", color="tab:blue")
         ax.scatter(xy[n:, 0], xy[n:, 1], s=10, alpha=0.7, label="negative", color="tab:red")
-        ax.set_title(f"layer {layer}", fontsize="small")
         ax.set_xlabel("principal axis 1")
         ax.set_ylabel("principal axis 2")
     for ax in list(axes.flat)[len(layer_list) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize="small")
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize="small")
     fig.suptitle(title or "Positive vs negative activations (PCA per layer)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_auc_by_layer(diagnosis: Diagnosis, path: str | Path, title: str = "") -> Path:
     """Behaviour AUC (and letter AUC for A/B data) by layer, with the 0.5 chance line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: the caller's backend is left alone
 
     layers = [row.layer for row in diagnosis.layers]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(layers, [row.behaviour_auc for row in diagnosis.layers], marker="o", label="behaviour AUC")
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    nan = float("nan")  # an undefined AUC is a gap in the line, not a point
+    behaviour = [nan if row.behaviour_auc is None else row.behaviour_auc for row in diagnosis.layers]
+    ax.plot(layers, behaviour, marker="o", label="behaviour AUC")
     if diagnosis.letters is not None:
-        ax.plot(layers, [row.letter_auc or 0.5 for row in diagnosis.layers], marker="s", label="answer-letter AUC")
+        letter = [nan if row.letter_auc is None else row.letter_auc for row in diagnosis.layers]
+        ax.plot(layers, letter, marker="s", label="answer-letter AUC")
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("layer")
@@ -289,5 +311,4 @@ def plot_auc_by_layer(diagnosis: Diagnosis, path: str | Path, title: str = "") -
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

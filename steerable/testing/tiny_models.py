@@ -85,3 +85,26 @@ def tiny_tokenizer() -> Any:
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
     )
+
+
+def tiny_llama_config(layers: int = 4, hidden_size: int = 64, **overrides: Any) -> transformers.LlamaConfig:
+    """A Llama config of a given depth and width (benchmarks: the overhead-dominated worst case, or a real
+    model's shape with ``overrides``); heads 4 / 2, a 256-token vocabulary and 1,024 positions unless
+    overridden."""
+    kwargs: dict[str, Any] = dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+    )
+    return transformers.LlamaConfig(**(kwargs | overrides))
+
+
+def tiny_llama(layers: int = 4, hidden_size: int = 64, seed: int = 0, **overrides: Any) -> Any:
+    """A random Llama from ``tiny_llama_config`` with transformers' own initialisation (seeded), in eval mode."""
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(tiny_llama_config(layers, hidden_size, **overrides)).eval()

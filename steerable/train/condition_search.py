@@ -3,16 +3,20 @@ chosen by F1 on training prompts and reported on held-out ones (CAST's ``find_be
 
 from __future__ import annotations
 
+import numbers
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from steerable.conditions import COMPARATORS, Comparator, Condition, Score, condition_scores, met
+from steerable.conditions import COMPARATORS, SCORES, Comparator, Condition, Score, condition_scores, met
+from steerable.devices import input_device
+from steerable.train.batching import takes_position_ids, tokenize
 from steerable.vectors import SteeringVector
 
 
@@ -62,23 +66,28 @@ def prompt_scores(
     score: Score = "projection",
     batch_size: int = 16,
 ) -> dict[int, Float[Tensor, " prompts"]]:
-    """Each prompt's condition score at each of ``layers`` (the model as it is, unsteered if idle)."""
+    """Each prompt's condition score at each of ``layers`` (the model as it is, unsteered if idle):
+    left-padded batches with ``position_ids``, so each score is the prompt's alone (what the steering
+    computes); the tokenizer is not changed."""
+    prompts = _prompts("prompts", prompts)
+    score = _score(score)
+    _check_layers(vector, layers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
-            device = next(model.parameters()).device
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-            with torch.inference_mode(), model.record(layers=list(layers)) as recording:
-                model(**inputs)
-            for layer in layers:
-                out[layer].append(
-                    condition_scores(recording[layer], inputs["attention_mask"].bool(), vector[layer], score).cpu()
+    device, with_positions = input_device(model), takes_position_ids(model)
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize(tokenizer, prompts[start : start + batch_size], padding_side="left").to(device)
+        with torch.inference_mode(), model.record(layers=list(layers)) as recording:
+            model(**batch.inputs(with_positions))
+        for layer in layers:
+            hidden, direction = recording[layer], vector[layer]
+            if hidden.shape[-1] != direction.shape[-1]:
+                raise ValueError(
+                    f"the vector's layer {layer} has size {direction.shape[-1]} but the model's hidden size is "
+                    f"{hidden.shape[-1]}: use a vector trained on this model"
                 )
-    finally:
-        tokenizer.padding_side = padding_side
+            out[layer].append(condition_scores(hidden, batch.attention_mask.bool(), direction, score).cpu())
     return {layer: torch.cat(parts) for layer, parts in out.items()}
 
 
@@ -101,25 +110,12 @@ def find_best_condition_point(
     seeded training split; reports precision, recall and F1 on the held-out rest. Give
     ``test_positive``/``test_negative`` to search on all of ``positive``/``negative`` and report on those
     instead (e.g. when the condition vector was trained on a split of your own). Prompts are used as
-    given (format them with the chat template first if the model will see them so)."""
-    if not positive or not negative:
-        raise ValueError("give at least one positive and one negative prompt")
+    given (format them with the chat template first if the model will see them so). Warns when a split
+    has no positive or no negative prompt, or the best condition has F1 0 (it tells nothing apart)."""
+    score, comparators = _score(score), _comparators(comparators)
     layer_list = list(layers) if layers is not None else vector.layers
-    prompts = list(positive) + list(negative)
-    labels = [True] * len(positive) + [False] * len(negative)
-    if test_positive is not None or test_negative is not None:
-        given = list(test_positive or []) + list(test_negative or [])
-        train = torch.arange(len(prompts))
-        test = torch.arange(len(prompts), len(prompts) + len(given))
-        prompts += given
-        labels += [True] * len(test_positive or []) + [False] * len(test_negative or [])
-    else:
-        order = list(range(len(prompts)))
-        random.Random(seed).shuffle(order)
-        n_held = round(held_out * len(prompts))
-        test, train = torch.tensor(sorted(order[:n_held]), dtype=torch.long), torch.tensor(sorted(order[n_held:]))
-    n_test = len(test)
-    label_tensor = torch.tensor(labels)
+    _check_layers(vector, layer_list)
+    prompts, label_tensor, train, test = _splits(positive, negative, test_positive, test_negative, held_out, seed)
     scores = prompt_scores(model, tokenizer, prompts, vector, layer_list, score)
     table: list[dict[str, Any]] = []
     for layer in layer_list:
@@ -129,9 +125,97 @@ def find_best_condition_point(
     best = max(table, key=lambda row: row["train_f1"])
     condition = Condition(vector, int(best["layer"]), float(best["threshold"]), best["comparator"], score)
     fired = met(scores[condition.layer], condition.threshold, condition.comparator)
-    return ConditionSearch(
+    result = ConditionSearch(
         condition,
         classification(fired[train], label_tensor[train]),
-        classification(fired[test], label_tensor[test]) if n_test else {},
+        classification(fired[test], label_tensor[test]) if len(test) else {},
         table,
     )
+    if result.train["f1"] == 0.0:
+        warnings.warn(
+            "the best condition has F1 0 on the training prompts: no layer, comparator and threshold tells the "
+            "positive prompts from the negative ones; check the prompts and the vector",
+            stacklevel=2,
+        )
+    return result
+
+
+def _splits(
+    positive: Sequence[str],
+    negative: Sequence[str],
+    test_positive: Sequence[str] | None,
+    test_negative: Sequence[str] | None,
+    held_out: float,
+    seed: int,
+) -> tuple[list[str], Bool[Tensor, " prompts"], Tensor, Tensor]:
+    """All prompts, their labels, and the training and held-out indices into them; warns when a split
+    has no positive or no negative prompt (its F1 says nothing then)."""
+    positive, negative = _prompts("positive", positive), _prompts("negative", negative)
+    if not positive or not negative:
+        raise ValueError("give at least one positive and one negative prompt")
+    prompts = positive + negative
+    labels = [True] * len(positive) + [False] * len(negative)
+    if test_positive is not None or test_negative is not None:
+        given_positive = _prompts("test_positive", test_positive or [])
+        given_negative = _prompts("test_negative", test_negative or [])
+        train = torch.arange(len(prompts))
+        test = torch.arange(len(prompts), len(prompts) + len(given_positive) + len(given_negative))
+        prompts += given_positive + given_negative
+        labels += [True] * len(given_positive) + [False] * len(given_negative)
+    else:
+        if isinstance(held_out, bool) or not isinstance(held_out, numbers.Real) or not 0 <= held_out < 1:
+            raise ValueError(
+                f"held_out must be a fraction in [0, 1), got {held_out!r}: the share of prompts kept back to "
+                "report on (0 to search on all of them; give test_positive/test_negative to report on others)"
+            )
+        order = list(range(len(prompts)))
+        random.Random(seed).shuffle(order)
+        n_held = round(float(held_out) * len(prompts))
+        test, train = torch.tensor(sorted(order[:n_held]), dtype=torch.long), torch.tensor(sorted(order[n_held:]))
+    label_tensor = torch.tensor(labels)
+    for name, split in (("training", train), ("held-out", test)):
+        if len(split) and (bool(label_tensor[split].all()) or not bool(label_tensor[split].any())):
+            missing = "negative" if bool(label_tensor[split].all()) else "positive"
+            warnings.warn(
+                f"the {name} split has no {missing} prompt, so its precision, recall and F1 say nothing: give "
+                f"more prompts, change held_out or seed, or pass test_positive and test_negative",
+                stacklevel=3,
+            )
+    return prompts, label_tensor, train, test
+
+
+def _prompts(name: str, prompts: Any) -> list[str]:
+    """``prompts`` as a list of strings; one string is refused (it would be read as its characters)."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{name} must be a list of prompts, not one string: wrap it in a list ([{prompts!r}])")
+    listed = list(prompts)
+    bad = next((p for p in listed if not isinstance(p, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name} must hold prompt strings, got {type(bad).__name__}: {bad!r}")
+    return listed
+
+
+def _score(score: Any) -> Score:
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}: use one of {', '.join(map(repr, SCORES))}")
+    return score  # type: ignore[no-any-return]
+
+
+def _comparators(comparators: Any) -> list[Comparator]:
+    listed = [comparators] if isinstance(comparators, str) else list(comparators)
+    bad = [c for c in listed if c not in COMPARATORS]
+    if bad or not listed:
+        raise ValueError(
+            f"unknown comparators {bad!r}: use some of {', '.join(map(repr, COMPARATORS))}"
+            if bad
+            else "comparators is empty: give some of '>' and '<'"
+        )
+    return cast(list[Comparator], listed)
+
+
+def _check_layers(vector: SteeringVector, layers: Sequence[int]) -> None:
+    if not layers:
+        raise ValueError("layers is empty: give at least one layer the vector has")
+    missing = [layer for layer in layers if layer not in vector]
+    if missing:
+        raise ValueError(f"the vector has no layers {missing} (it has {vector.layers}): search only layers it has")

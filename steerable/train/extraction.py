@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerable.chat_roles import ROLES, ChatMarkers, role_mask
+from steerable.devices import input_device
 from steerable.train.aggregators import AGGREGATORS, Aggregator
+from steerable.train.batching import pad, pad_token_id, position_ids, takes_position_ids
 from steerable.train.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
 from steerable.train.pairs import ContrastivePair, ReadIndex, as_pair
 from steerable.train.read_store import ReadStore
@@ -71,19 +74,8 @@ def train_steering_vector(
     streaming = method == "mean"
     scratch = Path(tempfile.mkdtemp(prefix="steerable-reads-", dir=offload_dir)) if offload_dir is not None else None
     try:
-        resolved, n_pairs, collected = _collect(
-            model,
-            tokenizer,
-            pairs,
-            layers,
-            read_token_index,
-            batch_size,
-            site,
-            show_progress,
-            streaming,
-            move_to_cpu,
-            scratch,
-        )
+        how = _Reading(layers, read_token_index, batch_size, site, show_progress, streaming, move_to_cpu, scratch)
+        resolved, n_pairs, collected = _collect(model, tokenizer, pairs, how)
         vectors = _vectors(resolved, n_pairs, collected, streaming, aggregate, method)
         if normalize:
             vectors = {layer: torch.nn.functional.normalize(v, dim=0) for layer, v in vectors.items()}
@@ -98,7 +90,7 @@ def train_steering_vector(
         model_name=model_name_of(config),
         method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
         description=description,
-        num_layers=len(model._steerable.layers),
+        num_layers=len(model.steerable_layers),
     )
 
 
@@ -140,19 +132,8 @@ def extract_activations(
     from steerable.foreign_spellings import SEED, refuse
 
     refuse("extract_activations", foreign, SEED)
-    resolved, _, collected = _collect(
-        model,
-        tokenizer,
-        pairs,
-        layers,
-        read_token_index,
-        batch_size,
-        site,
-        show_progress,
-        False,
-        move_to_cpu,
-        offload_dir,
-    )
+    how = _Reading(layers, read_token_index, batch_size, site, show_progress, False, move_to_cpu, offload_dir)
+    resolved, _, collected = _collect(model, tokenizer, pairs, how)
     return {layer: collected[layer][0] for layer, _ in resolved}, {layer: collected[layer][1] for layer, _ in resolved}
 
 
@@ -196,18 +177,23 @@ def _checked(direction: Any, layer: int, method: Any, width: int) -> Tensor:
 CHUNK_PAIRS = 512
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How to read the pairs: where (``layers``, ``site``, ``read_token_index``), in what batches, and
+    whether to keep running sums (``streaming``) or every read (on the CPU, or in ``offload_dir``)."""
+
+    layers: Iterable[int] | None
+    read_token_index: ReadIndex
+    batch_size: int
+    site: str
+    show_progress: bool | None
+    streaming: bool
+    move_to_cpu: bool
+    offload_dir: str | Path | None = None
+
+
 def _collect(
-    model: Any,
-    tokenizer: Any,
-    pairs: Iterable[ContrastivePair | tuple[str, str]],
-    layers: Iterable[int] | None,
-    read_token_index: ReadIndex,
-    batch_size: int,
-    site: str,
-    show_progress: bool | None,
-    streaming: bool,
-    move_to_cpu: bool,
-    offload_dir: str | Path | None = None,
+    model: Any, tokenizer: Any, pairs: Iterable[ContrastivePair | tuple[str, str]], how: _Reading
 ) -> tuple[list[tuple[int, int]], int, dict[int, Any]]:
     """Run the pairs through the model and collect, per layer, ``[2, d]`` running sums (``streaming``)
     or (positive ``[n_pairs, d]``, negative ``[n_pairs, d]``) reads, in the pairs' order.
@@ -215,51 +201,15 @@ def _collect(
     ``pairs`` may be any iterable (a generator over a file, a streaming dataset): it is read in chunks
     of ``CHUNK_PAIRS``. Under torch.distributed each rank runs its share (see ``steerable.train.distributed``)
     and every rank returns the combined result."""
-    from steerable._runtime.state import resolve_layers
-    from steerable.model import SteerableModel
-    from steerable.recording import taps_installed
-
-    if not isinstance(model, SteerableModel):
-        raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
-    state = model._steerable
-    site = state.check_site(site)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    layer_list = list(layers) if layers is not None else list(range(len(state.layers)))
-    if not layer_list:
-        raise ValueError("layers is empty: give at least one layer index")
-    resolved = resolve_layers(state, layer_list)
-    rank, world = rank_and_world()
-    total = len(pairs) if isinstance(pairs, Sized) else None
-    progress_on = show_progress if show_progress is not None else (total is None or total >= 4 * batch_size)
-    progress = tqdm(total=total, unit="pair", desc="Training steering vector", disable=rank != 0 or not progress_on)
+    model, site, resolved = _where(model, how)
+    _, world = rank_and_world()
     sums: dict[int, Tensor] = {}
-    store = None if streaming else ReadStore([layer for layer, _ in resolved], offload_dir)
-    reader = _PairReader(model, tokenizer, resolved, read_token_index, batch_size, move_to_cpu or not streaming)
-    seen = 0
-    error: BaseException | None = None
-    try:
-        with taps_installed(state, resolved, site, reader.make_tap), torch.inference_mode():
-            for chunk in _chunks(pairs, CHUNK_PAIRS):
-                numbers = range(seen, seen + len(chunk))
-                seen += len(chunk)
-                mine = [(i, pair) for i, pair in zip(numbers, chunk, strict=True) if i % world == rank]
-                if mine:
-                    if streaming:  # only running sums: memory does not grow with the data
-                        reader.run([i for i, _ in mine], [pair for _, pair in mine], sums)
-                    else:
-                        assert store is not None
-                        reads = reader.run([i for i, _ in mine], [pair for _, pair in mine])
-                        store.append(torch.tensor([i for i, _ in mine]), reads)
-                progress.update(len(chunk))
-        if seen == 0:
-            raise ValueError("pairs is empty: give at least one (positive, negative) pair")
-    except BaseException as caught:  # every rank must learn of it before the collectives below
-        error = caught
-    finally:
-        progress.close()
-    raise_together(error)
-    if streaming:
+    store = None if how.streaming else ReadStore([layer for layer, _ in resolved], how.offload_dir)
+    reader = _PairReader(
+        model, tokenizer, resolved, how.read_token_index, how.batch_size, how.move_to_cpu or not how.streaming
+    )
+    seen = _read_pairs(model, site, resolved, reader, pairs, how, sums, store)
+    if how.streaming:
         if world > 1:  # a rank may have had no pair: it learns the width from the others
             widths = gather_objects({layer: int(t.shape[-1]) for layer, t in sums.items()})
             for layer, _ in resolved:
@@ -269,6 +219,66 @@ def _collect(
         return resolved, seen, sums
     assert store is not None
     return resolved, seen, _combined(store, resolved, world)
+
+
+def _where(model: Any, how: _Reading) -> tuple[Any, str, list[tuple[int, int]]]:
+    """The model, the checked site and the resolved ``(layer, index)`` pairs; errors first."""
+    from steerable import _runtime
+    from steerable.model import SteerableModel
+
+    if not isinstance(model, SteerableModel):
+        raise TypeError("train_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
+    site = _runtime.check_site(model, how.site)
+    batch_size = how.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    layer_list = list(how.layers) if how.layers is not None else list(range(_runtime.layer_count(model)))
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one layer index")
+    return model, site, _runtime.layer_indices(model, layer_list)
+
+
+def _read_pairs(
+    model: Any,
+    site: str,
+    resolved: list[tuple[int, int]],
+    reader: _PairReader,
+    pairs: Iterable[Any],
+    how: _Reading,
+    sums: dict[int, Tensor],
+    store: ReadStore | None,
+) -> int:
+    """Read this rank's share of ``pairs``, chunk by chunk, into ``sums`` (streaming) or ``store``;
+    returns how many pairs there were (all ranks'). An error reaches every rank."""
+    from steerable import _runtime
+
+    rank, world = rank_and_world()
+    total = len(pairs) if isinstance(pairs, Sized) else None
+    progress_on = how.show_progress if how.show_progress is not None else (total is None or total >= 4 * how.batch_size)
+    progress = tqdm(total=total, unit="pair", desc="Training steering vector", disable=rank != 0 or not progress_on)
+    seen = 0
+    error: BaseException | None = None
+    try:
+        with _runtime.taps(model, resolved, site, reader.make_tap), torch.inference_mode():
+            for chunk in _chunks(pairs, CHUNK_PAIRS):
+                numbers = range(seen, seen + len(chunk))
+                seen += len(chunk)
+                mine = [(i, pair) for i, pair in zip(numbers, chunk, strict=True) if i % world == rank]
+                if mine:
+                    if store is None:  # only running sums: memory does not grow with the data
+                        reader.run([i for i, _ in mine], [pair for _, pair in mine], sums)
+                    else:
+                        reads = reader.run([i for i, _ in mine], [pair for _, pair in mine])
+                        store.append(torch.tensor([i for i, _ in mine]), reads)
+                progress.update(len(chunk))
+        if seen == 0:
+            raise ValueError("pairs is empty: give at least one (positive, negative) pair")
+    except BaseException as caught:  # every rank must learn of it before the collectives that follow
+        error = caught
+    finally:
+        progress.close()
+    raise_together(error)
+    return seen
 
 
 def _combined(store: ReadStore, resolved: list[tuple[int, int]], world: int) -> dict[int, Any]:
@@ -313,10 +323,11 @@ class _PairReader:
         self.net, self.tokenizer, self.resolved = model, tokenizer, resolved
         self.read_token_index, self.batch_size, self.to_cpu = read_token_index, batch_size, to_cpu
         self.deepest = max(index for _, index in resolved)
-        self.params = inspect.signature(model.forward).parameters
-        self.cache_arg = next((name for name in ("cache", "past_key_values") if name in self.params), None)
-        self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-        self.device = next(p for p in model.parameters() if p.device.type != "meta").device
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
+        self.with_positions = takes_position_ids(model)
+        self.pad_id = pad_token_id(tokenizer)
+        self.device = input_device(model)
         self.gathered: dict[int, Tensor] = {}
         self.columns: dict[str, Tensor | None] = {"index": None, "weight": None}
         self.markers: ChatMarkers | None = None
@@ -325,7 +336,9 @@ class _PairReader:
         def tap(hidden: Tensor, _step: Any) -> None:
             if self.columns["index"] is not None:  # None while a shared prefix runs: nothing to read there
                 assert self.columns["weight"] is not None
-                self.gathered[layer] = _read(hidden, self.columns["index"], self.columns["weight"])
+                columns, weight = self.columns["index"], self.columns["weight"]
+                # on this layer's device (under a device map, layers live on different devices)
+                self.gathered[layer] = _read(hidden, columns.to(hidden.device), weight.to(hidden.device))
             if index == self.deepest:
                 raise _StopForward
 
@@ -337,8 +350,8 @@ class _PairReader:
         self.columns["index"] = index.to(self.device) if index is not None else None
         self.columns["weight"] = weight.to(self.device) if weight is not None else None
         inputs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if "position_ids" in self.params:  # absolute-position models (GPT-2) need them under padding
-            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :].to(self.device)
+        if self.with_positions:  # absolute-position models (GPT-2) need them under padding
+            inputs["position_ids"] = position_ids(mask)[:, -ids.shape[1] :].to(self.device)
         if cache is not None:
             inputs[str(self.cache_arg)] = cache
         try:
@@ -379,36 +392,42 @@ class _PairReader:
         for kind, job in jobs:
             if kind == "plain":
                 rows = job
-                ids, mask = _pad([token_ids[i] for i in rows], self.pad_id, left=True)
-                offsets = [ids.shape[1] - len(token_ids[i]) for i in rows]
+                batch = pad([token_ids[i] for i in rows], self.pad_id, "left")
                 self._forward(
-                    ids, mask, [[offset + c for c in chosen[i]] for i, offset in zip(rows, offsets, strict=True)]
+                    batch.input_ids,
+                    batch.attention_mask,
+                    [[offset + c for c in chosen[i]] for i, offset in zip(rows, batch.offsets(), strict=True)],
                 )
             else:
                 from transformers import DynamicCache
 
                 rows = [i for k in job for i in (2 * k, 2 * k + 1)]
-                prefix_ids, prefix_mask = _pad([token_ids[2 * k][: shared[k]] for k in job], self.pad_id, left=True)
+                prefix = pad([token_ids[2 * k][: shared[k]] for k in job], self.pad_id, "left")
                 cache = DynamicCache(config=self.net.config)
-                self._forward(prefix_ids, prefix_mask, None, cache)
+                self._forward(prefix.input_ids, prefix.attention_mask, None, cache)
                 cache.batch_repeat_interleave(2)  # each prefix continues as its positive and its negative
-                suffix_ids, suffix_mask = _pad([token_ids[i][shared[i // 2] :] for i in rows], self.pad_id, left=False)
-                mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
-                self._forward(suffix_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
-            kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
-            pair_ids = torch.tensor([i // 2 for i in rows])
-            for layer, _ in self.resolved:
-                read = self.gathered.pop(layer).float()
-                read = read.cpu() if self.to_cpu else read
-                if sums is not None:
-                    here = kinds.to(read.device)
-                    part = torch.stack([read[here == k].double().sum(0) for k in (0, 1)])
-                    sums[layer] = sums[layer] + part if layer in sums else part
-                    continue
-                if layer not in out:
-                    out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
-                out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
+                suffix = pad([token_ids[i][shared[i // 2] :] for i in rows], self.pad_id, "right")
+                mask = torch.cat([prefix.attention_mask.repeat_interleave(2, dim=0), suffix.attention_mask], dim=1)
+                self._forward(suffix.input_ids, mask, [[c - shared[i // 2] for c in chosen[i]] for i in rows], cache)
+            self._keep(rows, n_pairs, sums, out)
         return out
+
+    def _keep(self, rows: list[int], n_pairs: int, sums: dict[int, Tensor] | None, out: dict[int, Tensor]) -> None:
+        """Move the last forward's reads (texts ``rows``: ``2k`` positive, ``2k + 1`` negative of pair ``k``)
+        into ``sums`` (added) or ``out`` (at their pairs)."""
+        kinds = torch.tensor([i % 2 for i in rows])  # 0: positive, 1: negative
+        pair_ids = torch.tensor([i // 2 for i in rows])
+        for layer, _ in self.resolved:
+            read = self.gathered.pop(layer).float()
+            read = read.cpu() if self.to_cpu else read
+            if sums is not None:
+                here = kinds.to(read.device)
+                part = torch.stack([read[here == k].double().sum(0) for k in (0, 1)])
+                sums[layer] = sums[layer] + part if layer in sums else part
+                continue
+            if layer not in out:
+                out[layer] = torch.zeros(2, n_pairs, read.shape[-1], device=read.device)
+            out[layer][kinds.to(read.device), pair_ids.to(read.device)] = read
 
 
 def _texts_and_reads(
@@ -466,18 +485,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
-    """Token ids and attention mask, padded on the left or the right."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, tokens in enumerate(rows):
-        span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
-        ids[row, span] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
 
 
 def _columns(rows: list[list[int]]) -> tuple[Tensor, Float[Tensor, "batch span"]]:

@@ -20,7 +20,9 @@ Losses cover completion tokens only; prompts and padding never count, on either 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from steerable import _runtime
+from steerable.devices import input_device
+from steerable.train.batching import Side, pad, pad_token_id
 from steerable.train.distributed import all_reduce_sum, rank_and_world
 from steerable.vectors import SteeringVector, model_name_of
 
@@ -75,19 +80,13 @@ def encode(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], d
         if not completion_ids:
             raise ValueError(f"the completion {completion!r} has no tokens")
         rows.append((prompt_ids + completion_ids, len(prompt_ids)))
-    width = max(len(ids) for ids, _ in rows)
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    scored = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, (tokens, prompt_length) in enumerate(rows):
-        start = width - len(tokens) if left else 0
-        ids[row, start : start + len(tokens)] = torch.tensor(tokens)
-        mask[row, start : start + len(tokens)] = 1
+    side: Side = "left" if getattr(tokenizer, "padding_side", "right") == "left" else "right"
+    padded = pad([tokens for tokens, _ in rows], pad_token_id(tokenizer), side)
+    scored = torch.zeros_like(padded.input_ids, dtype=torch.bool)
+    for row, ((tokens, prompt_length), start) in enumerate(zip(rows, padded.offsets(), strict=True)):
         scored[row, start + max(prompt_length, 1) : start + len(tokens)] = True
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # absolute-position models need them under padding
-    return Batch(ids.to(device), mask.to(device), positions.to(device), scored.to(device))
+    padded = padded.to(device)  # position_ids: absolute-position models need them under padding
+    return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, scored.to(device))
 
 
 def sequence_logprobs(model: Any, batch: Batch) -> Float[Tensor, " batch"]:
@@ -143,97 +142,38 @@ def optimize_steering_vector(
     Adam at ``lr``, ``batch_size`` items per forward, ``accumulate`` forwards per step. ``init``: a
     vector to start from (default zeros); ``max_norm``: each layer's vector is projected back inside
     this norm after every step. ``patience``: stop when the epoch's mean loss has not improved for this
-    many epochs. Deterministic for a given ``seed``. Under torch.distributed (``torchrun``,
+    many epochs. Deterministic for a given ``seed``: the model runs in eval mode (no dropout) while the
+    vector learns, and each module's mode is restored after; gradients are on even when called under
+    ``torch.no_grad()`` or ``torch.inference_mode()``. A non-finite loss stops at once, naming the step;
+    a loss that does not depend on the vector is an error. Under torch.distributed (``torchrun``,
     accelerate) every batch is split across the ranks and the gradients summed, normalised by the
     whole batch (tokens for ``likelihood``, items otherwise): every rank ends with the single-process
     vector. A callable objective is taken as a mean over its items.
     """
-    from steerable.model import SteerableModel
-
-    if not isinstance(model, SteerableModel):
-        raise TypeError("optimize_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
-    items = list(data)
-    if not items:
-        raise ValueError("data is empty: give at least one example")
-    loss_of = _objective(objective, tokenizer, beta)
-    layer_list = list(layers)
-    if not layer_list:
-        raise ValueError("layers is empty: give at least one layer index")
-    for name, value, low in (("batch_size", batch_size, 1), ("accumulate", accumulate, 1), ("epochs", epochs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if max_norm is not None and not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-
-    net: Any = model
-    generator = torch.Generator().manual_seed(seed)
-    hidden = init.hidden_size if init is not None else net._steerable.hidden_size
-    if hidden is None:
-        raise ValueError("the model's hidden size is unknown: pass init=SteeringVector(...) to start from")
-    device = next(p for p in net.parameters() if p.device.type != "meta").device
-    parameters: dict[int, nn.Parameter] = {}
-    for layer in layer_list:
-        start = init[layer].detach().float().clone() if init is not None and layer in init else torch.zeros(hidden)
-        parameters[layer] = nn.Parameter(start.to(device))
-    vector = SteeringVector(parameters, site=site)
-    optimizer = torch.optim.Adam(list(parameters.values()), lr=lr)
-    per_epoch = math.ceil(len(items) / batch_size)
-    total = steps if steps is not None else epochs * math.ceil(per_epoch / accumulate)
-    frozen = [(p, p.requires_grad) for p in net.parameters()]
-    best, stale, done = math.inf, 0, 0
-    rank, world = rank_and_world()
-    progress = tqdm(
-        total=total, desc="Optimising steering vector", disable=rank != 0 or not (show_progress or total >= 20)
-    )
-    try:
-        for p, _ in frozen:
-            p.requires_grad_(False)  # the model is frozen: only the vector learns
-        with model.steer(vector, multiplier) as handle:
-            while done < total:
-                order = torch.randperm(len(items), generator=generator).tolist()
-                batches = [[items[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-                epoch_losses = []
-                for first in range(0, len(batches), accumulate):
-                    group = batches[first : first + accumulate]
-                    optimizer.zero_grad()
-                    for batch in group:
-                        share = batch[rank::world]  # under torch.distributed each rank takes its share
-                        summed, count = loss_of(model, handle, multiplier, share, device) if share else (None, 0.0)
-                        # normalised by the whole batch's count (all ranks'), so the summed gradients and
-                        # the loss are the single-process ones
-                        counts = all_reduce_sum(torch.tensor([float(count)])) if world > 1 else torch.tensor([count])
-                        if summed is not None:
-                            (summed / float(counts[0]) / len(group)).backward()
-                        batch_loss = float(summed.detach()) if summed is not None else 0.0
-                        batch_loss = float(all_reduce_sum(torch.tensor([batch_loss]))[0]) if world > 1 else batch_loss
-                        epoch_losses.append(batch_loss / float(counts[0]))
-                    if world > 1:
-                        for p in parameters.values():
-                            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                            p.grad = all_reduce_sum(grad)
-                    optimizer.step()
-                    if max_norm is not None:
-                        with torch.no_grad():
-                            for p in parameters.values():
-                                p.mul_(torch.clamp(max_norm / p.norm().clamp_min(1e-12), max=1.0))
-                    done += 1
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
-                    if done >= total:
-                        break
-                mean = sum(epoch_losses) / len(epoch_losses)
-                best, stale = (mean, 0) if mean < best - 1e-6 else (best, stale + 1)
-                if patience is not None and stale >= patience:
-                    break
-    finally:
-        progress.close()
-        for p, flag in frozen:
-            p.requires_grad_(flag)
+    items, layer_list = _checked_inputs(model, data, layers)
+    loss_of = _objective(objective, tokenizer, _positive("beta", beta))
+    _check_counts(batch_size=batch_size, accumulate=accumulate, epochs=epochs, steps=steps, patience=patience)
+    rate, run_multiplier = _positive("lr", lr), _multiplier(multiplier)
+    max_norm = _positive("max_norm", max_norm) if max_norm is not None else None
+    with _optimising(model):
+        parameters = _start(model, layer_list, init)
+        optimizer = torch.optim.Adam(list(parameters.values()), lr=rate)
+        total = steps if steps is not None else epochs * math.ceil(math.ceil(len(items) / batch_size) / accumulate)
+        run = _Run(model, parameters, optimizer, loss_of, run_multiplier, max_norm, total)
+        _train(run, items, SteeringVector(parameters, site=site), batch_size, accumulate, seed, patience, show_progress)
     name = objective if isinstance(objective, str) else getattr(objective, "__name__", "custom")
+    return _learned(
+        model,
+        parameters,
+        site,
+        name,
+        description
+        or f"optimize_steering_vector objective={name} lr={lr!s} steps={run.done} batch_size={batch_size} beta={beta}",
+    )
+
+
+def _learned(model: Any, parameters: dict[int, nn.Parameter], site: str, name: str, description: str) -> SteeringVector:
+    """The learned vector on the CPU, with where it came from."""
     config = getattr(model, "config", None)
     return SteeringVector(
         {layer: p.detach().cpu().clone() for layer, p in parameters.items()},
@@ -241,10 +181,186 @@ def optimize_steering_vector(
         model_type=getattr(config, "model_type", None),
         model_name=model_name_of(config),
         method=f"learned:{name}",
-        description=description
-        or f"optimize_steering_vector objective={name} lr={lr} steps={done} batch_size={batch_size} beta={beta}",
-        num_layers=len(model._steerable.layers),
+        description=description,
+        num_layers=len(model.steerable_layers),
     )
+
+
+def _checked_inputs(model: Any, data: Iterable[Any], layers: Iterable[int]) -> tuple[list[Any], list[int]]:
+    """The items and the layers, as lists, checked non-empty; the model checked steerable."""
+    from steerable.model import SteerableModel
+
+    if not isinstance(model, SteerableModel):
+        raise TypeError("optimize_steering_vector needs a steerable model: use SteerableModel.wrap(model) first")
+    items, layer_list = list(data), list(layers)
+    if not items:
+        raise ValueError("data is empty: give at least one example")
+    if not layer_list:
+        raise ValueError("layers is empty: give at least one layer index")
+    return items, layer_list
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Counts that must be ints >= 1 (``steps`` and ``patience`` may be None: not given)."""
+    for name, value in counts.items():
+        if value is None and name in ("steps", "patience"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _positive(name: str, value: Any) -> float:
+    """``value`` as a float, checked finite and > 0 (numpy scalars welcome)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and float(value) > 0)
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _multiplier(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value == 0:
+        raise ValueError(
+            f"multiplier must be a finite non-zero number, got {value!r}: the vector learns while it is added "
+            "times the multiplier (at 0 it has no effect and learns nothing)"
+        )
+    return float(value)
+
+
+@contextmanager
+def _optimising(model: Any) -> Iterator[None]:
+    """Eval mode (no dropout: deterministic, and BiPO's reference and steered forwards see one model),
+    frozen weights and gradients on (even under no_grad or inference_mode); each module's mode and each
+    weight's ``requires_grad`` are restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in frozen:
+            p.requires_grad_(False)  # the model is frozen: only the vector learns
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for module, training in modes:
+            if module.training != training:
+                module.train(training)
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+def _start(model: Any, layers: list[int], init: SteeringVector | None) -> dict[int, nn.Parameter]:
+    """The vector's parameters: ``init``'s layers (zeros elsewhere), where the model's inputs live."""
+    hidden = init.hidden_size if init is not None else _runtime.hidden_size(model)
+    if hidden is None:
+        raise ValueError("the model's hidden size is unknown: pass init=SteeringVector(...) to start from")
+    device = input_device(model)
+    parameters: dict[int, nn.Parameter] = {}
+    for layer in layers:
+        start = init[layer].detach().float().clone() if init is not None and layer in init else torch.zeros(hidden)
+        parameters[layer] = nn.Parameter(start.to(device))
+    return parameters
+
+
+@dataclass
+class _Run:
+    """One optimisation: the model, the vector's parameters, the optimizer and the loss, and progress."""
+
+    model: Any
+    parameters: dict[int, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    loss_of: LossOf
+    multiplier: float
+    max_norm: float | None
+    total: int
+    done: int = 0
+
+
+def _train(
+    run: _Run,
+    items: list[Any],
+    vector: SteeringVector,
+    batch_size: int,
+    accumulate: int,
+    seed: int,
+    patience: int | None,
+    show_progress: bool | None,
+) -> None:
+    """Epochs of steps until ``run.total`` steps are done or the loss has not improved for ``patience``."""
+    generator = torch.Generator().manual_seed(seed)
+    best, stale = math.inf, 0
+    rank, _ = rank_and_world()
+    shown = show_progress if show_progress is not None else run.total >= 20
+    progress = tqdm(total=run.total, desc="Optimising steering vector", disable=rank != 0 or not shown)
+    try:
+        with run.model.steer(vector, run.multiplier) as handle:
+            while run.done < run.total:
+                order = torch.randperm(len(items), generator=generator).tolist()
+                batches = [[items[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+                epoch_losses: list[float] = []
+                for first in range(0, len(batches), accumulate):
+                    epoch_losses += _step(run, handle, batches[first : first + accumulate])
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+                    if run.done >= run.total:
+                        break
+                mean = sum(epoch_losses) / len(epoch_losses)
+                best, stale = (mean, 0) if mean < best - 1e-6 else (best, stale + 1)
+                if patience is not None and stale >= patience:
+                    break
+    finally:
+        progress.close()
+
+
+def _step(run: _Run, handle: Any, group: list[list[Any]]) -> list[float]:
+    """One optimizer step over ``group`` (``accumulate`` batches); returns each batch's loss."""
+    rank, world = rank_and_world()
+    device = input_device(run.model)
+    run.optimizer.zero_grad()
+    losses = []
+    for batch in group:
+        share = batch[rank::world]  # under torch.distributed each rank takes its share
+        summed, count = run.loss_of(run.model, handle, run.multiplier, share, device) if share else (None, 0.0)
+        # normalised by the whole batch's count (all ranks'), so the summed gradients and the loss are
+        # the single-process ones
+        counts = all_reduce_sum(torch.tensor([float(count)])) if world > 1 else torch.tensor([count])
+        batch_loss = float(summed.detach()) if summed is not None else 0.0
+        batch_loss = float(all_reduce_sum(torch.tensor([batch_loss]))[0]) if world > 1 else batch_loss
+        loss = batch_loss / float(counts[0])
+        if not math.isfinite(loss):  # every rank sees the same (summed) loss: all stop together
+            raise ValueError(
+                f"the loss is {loss} at step {run.done + 1} of {run.total}: lower lr, set max_norm, or check the "
+                "objective and the data (the vector is not returned)"
+            )
+        if summed is not None:
+            (summed / float(counts[0]) / len(group)).backward()
+        losses.append(loss)
+    if world > 1:
+        for p in run.parameters.values():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = all_reduce_sum(grad)
+    if run.done == 0:
+        _check_connected(run.parameters)
+    run.optimizer.step()
+    if run.max_norm is not None:
+        with torch.no_grad():
+            for p in run.parameters.values():
+                p.mul_(torch.clamp(run.max_norm / p.norm().clamp_min(1e-12), max=1.0))
+    run.done += 1
+    return losses
+
+
+def _check_connected(parameters: dict[int, nn.Parameter]) -> None:
+    """After the first backward (gradients summed over ranks): every layer's vector got a gradient that
+    is not all zeros, or the loss does not depend on it and it would come back unchanged."""
+    unmoved = [layer for layer, p in parameters.items() if p.grad is None or not bool(p.grad.any())]
+    if unmoved:
+        raise ValueError(
+            f"the loss does not depend on the steering vector at layers {unmoved} (its gradient there is "
+            f"{'zero' if all(parameters[k].grad is not None for k in unmoved) else 'missing'}): a loss must be "
+            "computed from the output of the steered model, after those layers; steer only layers the loss reads"
+        )
 
 
 #: (model, handle, multiplier, items, device) -> (summed loss, count it is a sum over): the loss is
