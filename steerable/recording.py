@@ -190,7 +190,7 @@ def record_activations(
     from steerable.foreign_spellings import SEED, refuse
 
     if inputs is None or foreign or isinstance(inputs, str):
-        if inputs is None or isinstance(inputs, str):  # record_activations(model) / (model, "decoder_block")
+        if isinstance(inputs, str):  # record_activations(model, "decoder_block"): the seed's layer_type
             foreign = foreign or {"layer_type": inputs}
         refuse("record_activations", foreign, SEED)
         raise TypeError(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
-from test_training import PAIRS, tokenizer
+from test_train_extraction import PAIRS, tokenizer
 
 from steerable import SteerableModel, SteeringVector
 from steerable.compat.repeng import ControlModel, ControlVector, DatasetEntry
