@@ -344,24 +344,24 @@ def profile_report(steerable: Any, d: int, n_layers: int, device: str) -> dict[s
     """Time inside the steering step of each layer, from torch.profiler, for one 64-token forward."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from steerable._runtime.layer import SteerableLayer
+    from steerable._runtime import layer
 
-    original = SteerableLayer._steerable_output
+    original = layer.steer_output
 
-    def instrumented(self: Any, *args: Any) -> Any:
+    def instrumented(*args: Any) -> Any:
         with record_function("steerable.steer"):
-            return original(self, *args)
+            return original(*args)
 
     vector = SteeringVector({i: torch.randn(d) for i in range(n_layers)})
     ids = torch.randint(3, 200, (1, 64), device=device)
-    SteerableLayer._steerable_output = instrumented  # type: ignore[method-assign,assignment]
+    layer.steer_output = instrumented  # type: ignore[assignment]
     try:
         with steerable.steer(vector, 1.0), torch.inference_mode():
             steerable(input_ids=ids)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 steerable(input_ids=ids)
     finally:
-        SteerableLayer._steerable_output = original  # type: ignore[method-assign]
+        layer.steer_output = original
     events = {e.key: e for e in prof.key_averages()}
     steer = events["steerable.steer"]
     total = sum(e.self_cpu_time_total for e in prof.key_averages())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,6 +45,10 @@ class _Composable:
 
     def __or__(self, other: Any) -> AnyOf:
         return AnyOf((self, _expression(other)))  # type: ignore[arg-type]
+
+    def __bool__(self) -> bool:
+        # `c1 and c2` would silently be `c2`: Python's and/or ask for truth, which a condition has not
+        raise TypeError("a condition has no truth value: combine conditions with & (all of) and | (any of)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,12 +113,15 @@ def leaves(expression: Expression) -> list[Condition]:
     return [leaf for part in expression.parts for leaf in leaves(part)]
 
 
-def validate(expression: Any, num_layers: int, hidden_size: int | None) -> list[Condition]:
-    """Every condition checked; a ValueError says which part is wrong and how to fix it."""
+def validate(expression: Any, num_layers: int | None = None, hidden_size: int | None = None) -> list[Condition]:
+    """Every condition checked (its layer against ``num_layers`` and its width against ``hidden_size``
+    when a model is known); an error says which part is wrong and how to fix it."""
     conditions = leaves(_expression(expression))
     for condition in conditions:
         layer = condition.layer
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not -num_layers <= layer < num_layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise TypeError(f"a condition layer must be an int, got {layer!r}")
+        if num_layers is not None and not -num_layers <= layer < num_layers:
             raise IndexError(
                 f"condition layer {layer} is out of range: the model has {num_layers} decoder layers "
                 f"(use 0..{num_layers - 1})"
@@ -143,6 +151,43 @@ def validate(expression: Any, num_layers: int, hidden_size: int | None) -> list[
     return conditions
 
 
+def to_dict(expression: Expression, name_of: Callable[[SteeringVector], str]) -> dict[str, Any]:
+    """A JSON-able form: a condition's fields (its vector named by ``name_of``), or
+    ``{"all_of": [...]}`` / ``{"any_of": [...]}``."""
+    if isinstance(expression, Condition):
+        if not isinstance(expression.vector, SteeringVector):
+            raise ValueError("a condition on a raw tensor cannot be named: give it a SteeringVector")
+        return {
+            "vector": name_of(expression.vector),
+            "layer": expression.layer,
+            "threshold": float(expression.threshold),
+            "comparator": expression.comparator,
+            "score": expression.score,
+        }
+    key = "all_of" if isinstance(expression, AllOf) else "any_of"
+    return {key: [to_dict(part, name_of) for part in expression.parts]}
+
+
+def from_dict(data: Any, find: Callable[[Any], SteeringVector]) -> Expression:
+    """The expression ``data`` describes (see :func:`to_dict`); ``find`` resolves vector names."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a condition must be a dict, got {type(data).__name__}")
+    for key, kind in (("all_of", AllOf), ("any_of", AnyOf)):
+        if key in data:
+            parts = data[key]
+            if set(data) != {key} or not isinstance(parts, list) or not parts:
+                raise ValueError(f"{key!r} takes a non-empty list of conditions and nothing beside it")
+            return kind(tuple(from_dict(part, find) for part in parts))
+    fields = {"vector", "layer", "threshold", "comparator", "score"}
+    if not {"vector", "layer", "threshold"} <= set(data) <= fields:
+        raise ValueError(
+            f"a condition has keys vector, layer, threshold (and optionally comparator, score); got {sorted(data)}"
+        )
+    expression = Condition(**{**data, "vector": find(data["vector"])})
+    validate(expression)
+    return expression
+
+
 def condition_scores(
     hidden: Float[Tensor, "batch seq d_model"],
     prompt: Bool[Tensor, "batch seq"],
@@ -150,8 +195,9 @@ def condition_scores(
     score: Score = "projection",
 ) -> Float[Tensor, " batch"]:
     """Each row's score: its mean hidden state over its ``prompt`` tokens against ``direction``."""
-    weight = rearrange(prompt.to(hidden.dtype), "b s -> b s 1")
-    mean = (hidden * weight).sum(1).float() / weight.sum(1).float().clamp_min(1.0)
+    # in float32 whatever the model's dtype: an fp16 sum over a long prompt overflows to inf
+    weight = rearrange(prompt.float(), "b s -> b s 1")
+    mean = (hidden.float() * weight).sum(1) / weight.sum(1).clamp_min(1.0)
     unit = direction.to(mean.device, mean.dtype)
     unit = unit / unit.norm()
     if score == "projection":
@@ -162,7 +208,16 @@ def condition_scores(
 
 
 def met(scores: Float[Tensor, " batch"], threshold: Tensor | float, comparator: str) -> Bool[Tensor, " batch"]:
-    return scores > threshold if comparator == ">" else scores < threshold
+    """Whether each score meets ``comparator threshold``, compared in float64 (a threshold is never
+    rounded onto a score). A NaN score (non-finite hidden states) meets no condition."""
+    threshold = torch.as_tensor(threshold, dtype=torch.float64, device=scores.device)
+    return scores.double() > threshold if comparator == ">" else scores.double() < threshold
+
+
+def met_signed(scores: Float[Tensor, " batch"], threshold: Float[Tensor, ""], sign: Tensor) -> Bool[Tensor, " batch"]:
+    """:func:`met` with the comparator as a tensor (``sign`` +1 for ``>``, -1 for ``<``), so conditions
+    that differ only in their comparator or threshold run the same compiled graph."""
+    return (scores.double() - threshold.double()) * sign > 0
 
 
 def evaluate(expression: Expression, gates: dict[int, Tensor], ids: dict[int, int]) -> Bool[Tensor, " batch"]:

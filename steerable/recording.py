@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -12,12 +11,9 @@ from einops import repeat
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerable._runtime.layer import SteerableLayer, Tap
-from steerable._runtime.state import ModelState, resolve_layers
+from steerable import _runtime
+from steerable._runtime.layer import Tap
 from steerable._runtime.step import StepContext, row_columns
-
-#: The tap scopes open in this thread/task: taps ignore forwards run elsewhere.
-_TAP_SCOPES: ContextVar[tuple[object, ...]] = ContextVar("steerable_tap_scopes", default=())
 
 
 class Recording:
@@ -96,12 +92,12 @@ def record(
     the batch is padded on;
     ``to_cpu``: move what is kept to the CPU at once (saves accelerator memory on long runs).
     """
-    state: ModelState = model._steerable
-    layer_list = list(layers) if layers is not None else list(range(len(state.layers)))
+    num_layers = _runtime.layer_count(model)
+    layer_list = list(layers) if layers is not None else list(range(num_layers))
     if not layer_list:
         raise ValueError("layers is empty: give at least one layer index to record (or None for all)")
-    indices = resolve_layers(state, layer_list)
-    recording = Recording([original for original, _ in indices], len(state.layers))
+    indices = _runtime.layer_indices(model, layer_list)
+    recording = Recording([original for original, _ in indices], num_layers)
     current: dict[int, Tensor] = {}
     seen: dict[int, StepContext | None] = {}
 
@@ -112,12 +108,12 @@ def record(
             seen[layer] = step
             kept = hidden.detach()
             if positions is not None:
-                assert step is not None
+                assert step is not None and step.positions is not None
                 columns = row_columns(step.positions.to(hidden.device), list(positions))
                 kept = kept.gather(1, repeat(columns, "b k -> b k d", d=kept.shape[-1]))
             current[layer] = kept.cpu() if to_cpu else kept
             if last:  # the deepest recorded layer ends one forward step
-                assert step is not None
+                assert step is not None and step.positions is not None
                 step_positions = step.positions
                 if positions is not None:
                     step_positions = step_positions.gather(1, row_columns(step_positions, list(positions)))
@@ -128,53 +124,9 @@ def record(
         return tap
 
     deepest = max(index for _, index in indices)
-    with state.lock:
-        state.recordings += 1  # recording reports absolute positions: the stack computes them
-    try:
-        with taps_installed(state, indices, site, lambda layer, index: make_tap(layer, index == deepest)):
-            yield recording
-    finally:
-        with state.lock:
-            state.recordings -= 1
-
-
-@contextmanager
-def taps_installed(
-    state: ModelState, layers: Sequence[tuple[int, int]], site: str, make_tap: Callable[[int, int], Tap]
-) -> Iterator[None]:
-    """Install ``make_tap(layer, index)`` at ``site`` of each (layer as given, index) for the block;
-    on exit remove them, and give idle site modules their own class back. The taps see only forwards
-    run in this thread or asyncio task."""
-    scope = object()
-    installed: list[tuple[SteerableLayer, Tap]] = []
-
-    def scoped(tap: Tap) -> Tap:
-        def in_scope(hidden: Tensor, step: StepContext | None) -> None:
-            if scope in _TAP_SCOPES.get():
-                tap(hidden, step)
-
-        return in_scope
-
-    token = _TAP_SCOPES.set((*_TAP_SCOPES.get(), scope))
-    try:
-        with state.lock:
-            state.taps += 1
-            for layer, index in layers:
-                module = state.site_module(index, site)
-                tap = scoped(make_tap(layer, index))
-                module._steerable_taps = (*module._steerable_taps, tap)
-                installed.append((module, tap))
-                state.refresh(module)
-        yield
-    finally:
-        _TAP_SCOPES.reset(token)
-        with state.lock:
-            if not state.unwrapped:  # unwrapped inside the block: nothing is left to remove
-                for module, tap in installed:
-                    module._steerable_taps = tuple(t for t in module._steerable_taps if t is not tap)
-                    state.refresh(module)
-                state.taps -= 1
-                state.deactivate_if_idle()
+    # recording reports absolute positions: forwards compute them while it is open
+    with _runtime.taps(model, indices, site, lambda layer, index: make_tap(layer, index == deepest), recording=True):
+        yield recording
 
 
 def record_activations(

@@ -87,6 +87,8 @@ class SteeringVector:
         self.description = description
         # the model's layer count, when known: negative layers are then stored as absolute ones
         self.num_layers = num_layers
+        #: the file this vector was read from (``load``, ``from_gguf``), or None: how a spec names it in a dict
+        self.source: str | None = None
 
     # -- what it holds ------------------------------------------------------------------------
     @property
@@ -292,7 +294,9 @@ class SteeringVector:
         -18, -1))``, as repeng writes them)."""
         from steerable.io.gguf import from_gguf
 
-        return from_gguf(path, num_layers)
+        vector = from_gguf(path, num_layers)
+        vector.source = str(path)
+        return vector
 
     @classmethod
     def from_steering_vectors(cls, obj: Any) -> SteeringVector:
@@ -329,7 +333,9 @@ class SteeringVector:
             raise ValueError(
                 f"{path.name}: not a readable safetensors file (truncated or corrupt?): {error}"
             ) from error
-        return cls._from_file_contents(path.name, metadata, tensors)
+        vector = cls._from_file_contents(path.name, metadata, tensors)
+        vector.source = str(path)
+        return vector
 
     @classmethod
     def _from_file_contents(cls, name: str, metadata: dict[str, str], tensors: dict[str, Tensor]) -> SteeringVector:

@@ -405,3 +405,16 @@ def test_generate_leaves_the_tokenizer_padding_side_alone(tmp_path, capsys, monk
     together = capsys.readouterr().out
     assert main([*args, "--prompt", "w8", "--multipliers=0,4"]) == 0  # the short prompt alone: left padding held
     assert capsys.readouterr().out.split("== ")[1] == together.split("== ")[2]
+
+
+def test_a_vector_file_with_deeply_nested_metadata_is_one_line(tmp_path, capsys) -> None:
+    """The CLI's last line of defence: a parser deeper in the library that raises RecursionError."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    SteeringVector({1: torch.ones(4)}).save(tmp_path / "v.safetensors")
+    with safe_open(str(tmp_path / "v.safetensors"), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    save_file(tensors, str(tmp_path / "deep.safetensors"), {**metadata, "layers": "[" * 100_000 + "]" * 100_000})
+    assert main(["info", str(tmp_path / "deep.safetensors")]) == 2  # was a RecursionError traceback
+    assert "nested too deeply to read" in _one_line_error(capsys, "info")

@@ -10,7 +10,7 @@ from steerable import SteerableModel, SteeringVector
 from steerable.research.ab import ABItem
 from steerable.research.diagnostics import diagnose, plot_pca
 from steerable.research.evaluation import Generation, ab_scores, open_ended
-from steerable.research.sweep import summarize_generations, sweep_ab, write_table
+from steerable.research.sweep import Sweep, plot_sweep, summarize_generations, sweep_ab, write_table
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
 
 ITEMS = [ABItem(f"w{5 + k} w{20 + k}\n(A) w{40 + k}\n(B) w{60 + k}", "AB"[k % 2], "BA"[k % 2]) for k in range(4)]
@@ -60,4 +60,6 @@ def test_empty_tables_and_plots_are_named(tmp_path) -> None:
         summarize_generations([])
     with pytest.raises(ValueError, match="layers is empty"):
         plot_pca({}, {}, tmp_path / "p.png")
+    with pytest.raises(ValueError, match="sweep.rows is empty: give a Sweep that measured something"):
+        plot_sweep(Sweep([], {}, torch.zeros(0), []), tmp_path / "s")  # was an IndexError or an empty plot
     assert not list(tmp_path.iterdir())  # nothing written before the check

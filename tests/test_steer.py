@@ -114,7 +114,7 @@ def test_negative_layer_indices_count_from_the_end(pair) -> None:
 def assert_untouched(model, vanilla) -> None:
     assert not model.is_steering
     assert not any("steering_" in n for n, _ in model.named_buffers())
-    assert model._steerable.selections == () and model._steerable.recordings == 0
+    assert model._steerable.active is None and model._steerable.recordings == 0
     assert torch.equal(model(IDS).logits, vanilla(IDS).logits)
 
 
@@ -165,7 +165,7 @@ def test_site_missing_in_one_layer_rolls_back(pair) -> None:
         model.steer(vec((0, 1, 2), site="mlp"))
     with pytest.raises(ValueError, match="site 'mlp' .* does not exist in decoder layer 2"):
         model.steer(vec((0, 1, 2), site="mlp"), positions="prompt")
-    assert model._steerable.selections == () and model._steerable.recordings == 0
+    assert model._steerable.active is None and model._steerable.recordings == 0
     assert not model.is_steering
     assert not any("steering_" in n for n, _ in model.named_buffers())
     assert all(type(m).__mro__[1].__name__ != type(m).__name__ for m in model.model.layers[0].modules())
@@ -208,10 +208,13 @@ def test_handle_update_changes_values_in_place(pair) -> None:
     _, model = pair
     v, w = vec((0, 2), seed=1), vec((0, 2), seed=2)
     handle = model.steer(v, 1.0, operator="ablate_then_add")
-    buffers = {n: b for n, b in model.named_buffers() if "steering_" in n}
+    buffers = {n: b.clone() for n, b in model.named_buffers() if "steering_" in n}
+    kept = {n: b for n, b in model.named_buffers() if "steering_" in n}
     handle.update(multiplier=3.0, vector=w)
-    assert {n: b for n, b in model.named_buffers() if "steering_" in n}.keys() == buffers.keys()
-    assert all(b is buffers[n] for n, b in model.named_buffers() if "steering_" in n)  # same tensors
+    assert {n: b for n, b in model.named_buffers() if "steering_" in n}.keys() == buffers.keys()  # same slots
+    # new tensors, the old ones untouched: a forward still running keeps the values it started with
+    assert all(torch.equal(kept[n], buffers[n]) for n in buffers)
+    assert any(not torch.equal(b, buffers[n]) for n, b in model.named_buffers() if "steering_" in n)
     updated = model(IDS).logits
     handle.remove()
     with model.steer(w, 3.0, operator="ablate_then_add"):
@@ -284,7 +287,7 @@ def test_state_is_restored_after_an_exception_and_contexts_unwind_in_order(arch:
             both = model(ids).logits
         assert torch.equal(model(ids).logits, only_a)
     assert torch.equal(model(ids).logits, idle)
-    assert model._steerable.selections == () and model._steerable.recordings == 0
+    assert model._steerable.active is None and model._steerable.recordings == 0
     with model.steer(a + 2.0 * b, 1.0):
         combined = model(ids).logits
     torch.testing.assert_close(both, combined, rtol=0, atol=1e-5)

@@ -66,7 +66,12 @@ def set_class(module: nn.Module, cls: type[nn.Module]) -> None:
 
 
 def original_class(module: nn.Module) -> type[nn.Module]:
-    return getattr(type(module), "_steerable_base", type(module))
+    return base_class(type(module))
+
+
+def base_class(cls: type) -> type:
+    """The class a generated subclass poses as (``cls`` itself when it is not one)."""
+    return getattr(cls, "_steerable_base", cls)
 
 
 def plain_reduction(module: nn.Module) -> tuple[Any, ...]:

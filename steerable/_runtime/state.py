@@ -1,45 +1,41 @@
-"""What a steerable model keeps: its layers, its decoder stack, the applied steerings and the token
-selections they use. Nothing here describes one forward call (that travels with the call, see
-``steerable._runtime.step``); this is changed only by ``steer``, ``remove`` and ``record``, under a lock.
+"""What a steerable model keeps: its layers, its decoder stack, the installed steerings and the slots
+they occupy, and the active set published from them (``steerable._runtime.active``). Nothing here
+describes one forward call (that travels with the call, see ``steerable._runtime.step``); this is
+changed only by installing, removing and tapping, under the lock.
 """
 
 from __future__ import annotations
 
 import numbers
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from steerable._runtime.layer import Probe, Slot, SteerableLayer, make_steerable, restore
+from steerable._runtime.active import Active, Op, ProbeOp, SelectionOp
+from steerable._runtime.layer import SteerableLayer, make_steerable, restore
+from steerable._runtime.pool import Pool, Probe, SelectionSlot, Slot, tensors_of
 from steerable._runtime.step import (
     PROMPT_LENGTHS,
-    Selection,
     StepContext,
     absolute_positions,
     past_length,
     selection_mask,
 )
 from steerable.architectures import ArchitectureSpec, canonical_site, get_submodule
-from steerable.devices import module_device, reference_tensor
-
-if TYPE_CHECKING:
-    from steerable._runtime.steering import SteeringHandle
 
 
 @dataclass(eq=False)
-class SelectionSlot:
-    """A token selection in use, stored in buffers of the decoder stack; reused like layer slots."""
+class Installation:
+    """One installed steering: the slots it occupies. ``rows``: the rows of a per-row steering, or None."""
 
-    index: int
-    mode: str
-    names: dict[str, str]
-    signature: tuple[Any, ...]
-    active: bool = False
-    gate: Callable[[dict[int, Tensor]], Tensor] | None = None  # conditional: the rows that meet it
+    ops: list[tuple[SteerableLayer, Slot, tuple[Tensor, Tensor] | None]] = field(default_factory=list)
+    probes: list[tuple[SteerableLayer, Probe]] = field(default_factory=list)
+    selection: SelectionSlot | None = None
+    rows: int | None = None
+    active: bool = True
 
 
 @dataclass(eq=False)
@@ -50,83 +46,62 @@ class ModelState:
     hidden_size: int | None
     kwargs_reach_layers: bool  # the stack passes keyword arguments on to its layers
     stack_arg_names: tuple[str, ...]
-    handles: list[SteeringHandle] = field(default_factory=list)
-    selection_slots: list[SelectionSlot] = field(default_factory=list)
-    selections: tuple[SelectionSlot, ...] = ()  # active, read on every forward
-    recordings: int = 0  # active record blocks: they report positions
-    inject: bool = False  # layers put the step context into their own keyword arguments (see layers.py)
-    slots: dict[tuple[int, str], list[Slot]] = field(default_factory=dict)  # (layer, site) -> its slots
-    taps: int = 0  # installed taps (recordings, training)
-    rowwise: int = 0  # active per-row steerings: inside generate they need to know it (repeated rows)
-    generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
     forward_kwargs: bool = False  # the model's forward takes **kwargs (generate can pass prompt lengths)
+    inject: bool = False  # layers put the step context into their own keyword arguments (see layer.py)
+    installed: list[Installation] = field(default_factory=list)
+    active: Active | None = None  # published from `installed`; what each forward runs with
+    pools: dict[tuple[int, str], Pool[Slot]] = field(default_factory=dict)  # (layer, site) -> its slots
+    selections: Pool[SelectionSlot] = field(default_factory=lambda: Pool(SelectionSlot, "steering_selection"))
+    probes: Pool[Probe] = field(default_factory=lambda: Pool(Probe, "steering_condition"))
+    modules: list[nn.Module] = field(default_factory=list)  # steerable modules, by key
+    recordings: int = 0  # active record blocks: they report positions
+    taps: int = 0  # installed taps (recordings, training)
+    generating: int = 0  # generate calls running (in any thread): only then are prompt lengths looked up
     lock: threading.RLock = field(default_factory=threading.RLock)
     unwrapped: bool = False
-    probes: list[Probe] = field(default_factory=list)  # condition probes, reused like slots
-    deciding: int = 0  # active probes: forwards then find each row's prompt tokens and the cache's memory
+    swapped: bool = False  # the decoder layers are steerable now (else the model's own: idle)
+    in_flight: int = 0  # eager forwards running through swapped layers
+    restore_pending: bool = False  # modules to give back their class once no forward runs through them
 
-    # -- conditions (conditional steering) ----------------------------------------------------
-    def occupy_probe(
-        self, layer_index: int, direction: Tensor, threshold: float, rule: Any
-    ) -> tuple[SteerableLayer, Probe]:
-        module = self.site_module(layer_index, "block")
-        reference = reference_tensor(module)
-        signature = (layer_index, rule.comparator, rule.score, tuple(direction.shape))
-        probe = next((p for p in self.probes if not p.active and p.signature == signature), None)
-        if probe is None:
-            number = len(self.probes)
-            names = {k: f"steering_condition_{number}_{k}" for k in ("direction", "threshold")}
-            probe = Probe(number, names, rule, signature)
-            self.probes.append(probe)
-        probe.rule = rule
-        device = reference.device if reference.numel() else torch.device("cpu")
-        tensors = {
-            "direction": direction.float().to(device),
-            "threshold": torch.tensor(float(threshold), device=device),
-        }
-        module.add_probe(probe, tensors)
-        self.deciding += 1
-        self.refresh(module)
-        return module, probe
-
-    def vacate_probe(self, module: SteerableLayer, probe: Probe) -> None:
-        module.remove_probe(probe)
-        self.deciding -= 1
-        self.refresh(module)
-
-    # -- token selections ----------------------------------------------------------------------
-    def occupy_selection(self, selection: Selection, gate: Callable[[dict[int, Tensor]], Tensor] | None = None) -> int:
-        tensors = selection.tensors()
-        signature = (selection.mode, gate is not None, tuple((k, tuple(t.shape)) for k, t in tensors.items()))
-        slot = next((s for s in self.selection_slots if not s.active and s.signature == signature), None)
-        if slot is None:
-            number = len(self.selection_slots)
-            slot = SelectionSlot(
-                number, selection.mode, {k: f"steering_selection_{number}_{k}" for k in tensors}, signature
-            )
-            self.selection_slots.append(slot)
-        device = module_device(self.stack)
-        for key, tensor in tensors.items():
-            self.stack.register_buffer(slot.names[key], tensor.to(device), persistent=False)
-        slot.gate = gate
-        slot.active = True
-        self.selections = (*self.selections, slot)
-        return slot.index
-
-    def vacate_selection(self, index: int) -> None:
-        slot = self.selection_slots[index]
-        slot.active = False
-        slot.gate = None
-        self.selections = tuple(s for s in self.selections if s is not slot)
-        for name in slot.names.values():
-            self.stack._buffers.pop(name, None)
+    # -- the active set ------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Make the installed steerings the active set (called under the lock after every change)."""
+        ops: dict[int, list[Op]] = {}
+        probes: dict[int, list[ProbeOp]] = {}
+        selections: list[SelectionOp] = []
+        for inst in self.installed:
+            for module, slot, live in inst.ops:
+                assert slot.operator is not None
+                tensors = tensors_of(module, slot)
+                op = Op(slot.operator, slot.selection, slot.kind, tensors, live, inst.rows)
+                ops.setdefault(module._steerable_key, []).append(op)
+            for module, probe in inst.probes:
+                found = tensors_of(module, probe)
+                decided = ProbeOp(probe.index, probe.score, found["direction"], found["threshold"], found["sign"])
+                probes.setdefault(module._steerable_key, []).append(decided)
+            chosen = inst.selection
+            if chosen is not None:
+                selections.append(SelectionOp(chosen.index, chosen.mode, tensors_of(self.stack, chosen), chosen.gate))
+        if not ops and not probes:
+            self.active = None
+            return
+        self.active = Active(
+            {k: tuple(v) for k, v in ops.items()}, {k: tuple(v) for k, v in probes.items()}, tuple(selections)
+        )
 
     # -- the step context ----------------------------------------------------------------------
     def step(
         self, batch: int, seq_len: int, device: torch.device, inputs: dict[str, Any], lengths: Tensor | None = None
     ) -> StepContext:
-        """Positions of this forward's tokens and the mask of every active selection. ``lengths``: the
-        prompt lengths ``generate`` passed with the call, if they reached the decoder stack."""
+        """The step context of one forward: the active set in force now, and, where something selects
+        tokens or records, positions and the mask of every selection. ``lengths``: the prompt lengths
+        ``generate`` passed with the call, if they reached the decoder stack."""
+        active = self.active
+        if lengths is None and self.generating:
+            lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
+        prompts = None if lengths is None else int(lengths.shape[0])
+        if not self.recordings and not self.taps and (active is None or not active.needs_positions):
+            return StepContext(active, prompts=prompts)  # adds everywhere: positions are not needed
         cache = inputs.get("cache", inputs.get("past_key_values"))
         positions = absolute_positions(
             batch,
@@ -137,29 +112,27 @@ class ModelState:
             inputs.get("cache_position"),
             cache,
         )
-        if lengths is None and self.generating:
-            lengths = PROMPT_LENGTHS.get()  # this thread's generate, if it is generating
-        context = StepContext(positions, generating=lengths is not None)
-        if self.deciding:  # conditions decide on each row's prompt; the KV cache keeps the decision
+        context = StepContext(active, positions, prompts=prompts)
+        if active is None:
+            return context
+        if active.probes:  # conditions decide on each row's prompt; the KV cache keeps the decision
             context.prompt = selection_mask("prompt", positions, lengths, None, None)[..., 0]
             context.memory = _memory(cache)
-        if self.selections:
-            buffers = self.stack._buffers
-            for slot in self.selections:
-                found: dict[str, Tensor] = {k: buffers[name] for k, name in slot.names.items()}  # type: ignore[misc]
-                markers = {k: found[k] for k in ("header", "end")} if "header" in found else None
-                context.masks[slot.index] = selection_mask(
-                    slot.mode,  # type: ignore[arg-type]
-                    positions,
-                    lengths,
-                    found.get("min_index"),
-                    found.get("mask"),
-                    inputs.get("input_ids"),
-                    markers,
-                    found.get("rows"),
-                )
-                if slot.gate is not None:
-                    context.conditional[slot.index] = slot.gate
+        for selection in active.selections:
+            found = selection.tensors
+            markers = {k: found[k] for k in ("header", "end")} if "header" in found else None
+            context.masks[selection.index] = selection_mask(
+                selection.mode,  # type: ignore[arg-type]
+                positions,
+                lengths,
+                found.get("min_index"),
+                found.get("mask"),
+                inputs.get("input_ids"),
+                markers,
+                found.get("rows"),
+            )
+            if selection.gate is not None:
+                context.conditional[selection.index] = selection.gate
         return context
 
     def fallback_step(self, hidden: Tensor) -> StepContext:
@@ -169,16 +142,49 @@ class ModelState:
     # -- which modules are steerable ----------------------------------------------------------
     # Decoder layers are steerable only while the model steers or records (an idle model runs its own
     # layers: idle costs nothing), site modules only while something uses them.
+    def key_of(self, module: nn.Module) -> int:
+        for key, known in enumerate(self.modules):
+            if known is module:
+                return key
+        self.modules.append(module)
+        return len(self.modules) - 1
+
     def activate(self) -> None:
-        for index, layer in enumerate(self.layers):
-            make_steerable(layer, self.fallback_step, self.slots.setdefault((index, "block"), []), self.inject)
+        for layer in self.layers:
+            make_steerable(layer, self.key_of(layer), self.fallback_step, self.inject)
+        self.swapped = True
+
+    def checkpointing(self) -> bool:
+        """Whether gradient checkpointing is on: a layer recomputed in backward runs its module's class
+        of that time, so modules keep their steerable class while it is on (idle, they steer nothing)."""
+        flags = (getattr(m, "gradient_checkpointing", False) for m in (self.stack, *self.layers))
+        return any(flag is True for flag in flags)
 
     def deactivate_if_idle(self) -> None:
-        if self.handles or self.taps or self.deciding:
+        if self.installed or self.taps or self.checkpointing():
+            return
+        if self.in_flight:  # another thread's forward is in these layers: swap back when it leaves
+            self.restore_pending = True
             return
         for layer in self.layers:
             for module in layer.modules():
                 restore(module)
+        self.swapped = False
+
+    # A forward that runs through the swapped layers counts itself in and out (eager forwards; a
+    # compiled graph runs as traced). Modules are given back their class only when none runs, so a
+    # forward never meets a layer swapped back under it.
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self.restore_pending:
+                self.restore_pending = False
+                self.refresh()
+                self.deactivate_if_idle()
 
     def check_site(self, site: str) -> str:
         """``site`` (seed-library names mapped to ours) if this model has it, else a ValueError."""
@@ -201,22 +207,39 @@ class ModelState:
             raise ValueError(
                 f"site {site!r} ({self.spec.sites[site]}) does not exist in decoder layer {layer_index} of this model"
             )
-        return make_steerable(module, self.fallback_step, self.slots.setdefault((layer_index, site), []))
+        return make_steerable(module, self.key_of(module), self.fallback_step)  # type: ignore[no-any-return]
 
-    def refresh(self, module: SteerableLayer) -> None:
-        """After a change at ``module``: give an idle site module its own class back (idle costs
-        nothing), and tell its decoder layer whether a sub-module now reads the step context."""
+    def pool(self, layer_index: int, site: str) -> Pool[Slot]:
+        return self.pools.setdefault((layer_index, site), Pool(Slot, "steering"))
+
+    def pool_of_slot(self, module: nn.Module, slot: Slot) -> Pool[Slot]:
+        return next(pool for pool in self.pools.values() if any(s is slot for s in pool.slots))
+
+    def refresh(self) -> None:
+        """After a change: tell each decoder layer whether a sub-module of it steers or records (then it
+        hands the step context on), and give unused site modules their own class back (idle costs
+        nothing). Giving back waits while a forward runs through the layers (see ``leave``)."""
+        active = self.active
         for layer in self.layers:
-            if module is layer:
-                return
-            if any(m is module for m in layer.modules()):
-                if module.is_idle:
+            if not isinstance(layer, SteerableLayer):
+                continue
+            used, unused = False, []
+            for module in layer.modules():
+                if module is layer or not isinstance(module, SteerableLayer):
+                    continue
+                key = module._steerable_key
+                if module._steerable_taps or (active is not None and (key in active.ops or key in active.probes)):
+                    used = True
+                else:
+                    unused.append(module)
+            if used:
+                layer._steerable_sites_need_step = True
+            if unused and (self.in_flight or self.checkpointing()):
+                self.restore_pending = self.restore_pending or bool(self.in_flight)
+            elif unused or not used:
+                for module in unused:
                     restore(module)
-                assert isinstance(layer, SteerableLayer)
-                layer._steerable_sites_need_step = any(
-                    isinstance(m, SteerableLayer) and m is not layer and m.needs_step for m in layer.modules()
-                )
-                return
+                layer._steerable_sites_need_step = used
 
 
 def _memory(cache: Any) -> dict[int, Tensor] | None:

@@ -14,17 +14,20 @@ one forward is stored on the model, so forwards in different threads cannot see 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange, repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-PositionMode = Literal["all", "prompt", "generated", "assistant", "last_user_turn"]
+from steerable._runtime.active import Active, ProbeOp
+
+if TYPE_CHECKING:
+    from steerable.spec import PositionMode
+
 STEP_KWARG = "steerable_step"  # the keyword argument decoder layers receive the step context by
 LENGTHS_KWARG = "steerable_prompt_lengths"  # the one ``generate`` passes prompt lengths to the model by
 
@@ -37,21 +40,28 @@ PROMPT_LENGTHS: ContextVar[Tensor | None] = ContextVar("steerable_prompt_lengths
 
 @dataclass(eq=False)
 class StepContext:
-    """What one forward's layers need to know: absolute positions (-1 for padding), and the tokens each
-    active selection steers (``masks[selection index]``, ``[batch, seq, 1]``)."""
+    """What one forward's layers need to know: the active set it runs with, absolute positions (-1 for
+    padding; None when nothing selects tokens), and the tokens each active selection steers
+    (``masks[selection index]``, ``[batch, seq, 1]``)."""
 
-    positions: Int[Tensor, "batch seq"]
+    active: Active | None
+    positions: Int[Tensor, "batch seq"] | None = None
     masks: dict[int, Bool[Tensor, "batch seq 1"]] = field(default_factory=dict)
-    # inside generate: rows may be repeated (num_return_sequences, beams), each prompt's copies together
-    generating: bool = False
+    # inside generate: the number of prompts; the batch may hold each prompt's rows several times in a
+    # row (num_return_sequences, beams), and per-row values are given per prompt
+    prompts: int | None = None
     # conditional steering: each condition's decision per row (set at its layer), the decisions kept
     # with the sequence's KV cache, the prompt tokens decisions are made on, and for each conditional
-    # selection how its row gate follows from the decisions (applied when the selection is first used)
+    # selection the condition tree its row gate follows from (applied when the selection is first used)
     gates: dict[int, Bool[Tensor, " batch"]] = field(default_factory=dict)
     memory: dict[int, Tensor] | None = None
     prompt: Bool[Tensor, "batch seq"] | None = None
-    conditional: dict[int, Callable[[dict[int, Tensor]], Tensor]] = field(default_factory=dict)
+    conditional: dict[int, Any] = field(default_factory=dict)
     _weights: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def generating(self) -> bool:
+        return self.prompts is not None
 
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
         if index in self.conditional:
@@ -72,26 +82,30 @@ class StepContext:
     def _gate(self, index: int) -> None:
         """Restrict a conditional selection to the rows that meet its condition (decided by now: the
         behaviour's layers come after the condition's)."""
-        rows = self.conditional.pop(index)(self.gates)
+        from steerable._runtime.conditional import evaluate
+
+        rows = evaluate(self.conditional.pop(index), self.gates)
         self.masks[index] = self.masks[index] & rearrange(rows.to(self.masks[index].device), "b -> b 1 1")
 
-    def decide(
-        self, index: int, hidden: Float[Tensor, "batch seq d_model"], direction: Tensor, threshold: Tensor, rule: Any
-    ) -> None:
-        """Condition ``index``'s decision for each row: held from this sequence's first forward if the
-        KV cache keeps one, else made now on the prompt tokens of this forward (and kept)."""
-        from steerable.conditions import condition_scores, met
+    def decide(self, probe: ProbeOp, hidden: Float[Tensor, "batch seq d_model"]) -> None:
+        """A condition's decision for each row: held from this sequence's first forward if the KV cache
+        keeps one, else made now on the prompt tokens of this forward (and kept)."""
+        from steerable._runtime.conditional import decision
 
-        held = self.memory.get(index) if self.memory is not None else None
+        held = self.memory.get(probe.index) if self.memory is not None else None
         if held is not None and held.shape[0] == hidden.shape[0]:
-            self.gates[index] = held
+            self.gates[probe.index] = held
             return
+        assert self.positions is not None
         prompt = self.prompt if self.prompt is not None else self.positions >= 0
-        scores = condition_scores(hidden, prompt.to(hidden.device), direction, rule.score)
-        decision = met(scores, threshold.to(scores), rule.comparator)
-        self.gates[index] = decision
+        made = decision(probe, hidden, prompt.to(hidden.device))
+        self.gates[probe.index] = made
         if self.memory is not None:
-            self.memory[index] = decision
+            self.memory[probe.index] = made
+
+
+#: The step of a forward that entered an idle model: layers swapped in meanwhile do nothing for it.
+IDLE = StepContext(None)
 
 
 @dataclass(eq=False)
@@ -185,26 +199,26 @@ def selection_mask(
 ) -> Bool[Tensor, "batch seq 1"]:
     """Which tokens a selection steers in this forward."""
     batch = positions.shape[0]
+    prompts = None if prompt_lengths is None else prompt_lengths.shape[0]  # inside generate
     if rows is not None:  # per-request: only these rows (repeated with their prompt inside generate)
-        keep = rows_for_batch(
-            rows.to(positions.device), batch, "the rows of a per-request steering", prompt_lengths is not None
-        )
+        keep = rows_for_batch(rows.to(positions.device), batch, "the rows of a per-request steering", prompts)
         unrestricted = selection_mask(mode, positions, prompt_lengths, min_index, token_mask, input_ids, markers)
         return unrestricted & rearrange(keep, "b -> b 1 1")
     if mode in ("assistant", "last_user_turn"):
         return _role_selection(mode, positions, prompt_lengths, min_index, token_mask, input_ids, markers)
     # min_index >= 0, so comparing with it also leaves out padding (position -1): one op, not two
     selected = positions >= min_index.to(positions.device) if min_index is not None else positions >= 0
-    repeat_rows = prompt_lengths is not None  # only generate repeats rows
     if mode != "all" and prompt_lengths is not None:
-        lengths = rearrange(rows_for_batch(prompt_lengths.to(positions.device), batch, "prompt lengths"), "b -> b 1")
+        lengths = rearrange(
+            rows_for_batch(prompt_lengths.to(positions.device), batch, "prompt lengths", prompts), "b -> b 1"
+        )
         selected = selected & (positions >= lengths if mode == "generated" else positions < lengths)
     elif mode == "generated":
         selected = torch.zeros_like(selected)  # outside generate, every token is prompt
     if token_mask is not None:
         mask = token_mask.to(positions.device)
         mask = (
-            rows_for_batch(mask, batch, "the token mask", repeat_rows)
+            rows_for_batch(mask, batch, "the token mask", prompts)
             if mask.ndim == 2
             else repeat(mask, "width -> batch width", batch=batch)
         )
@@ -235,26 +249,32 @@ def _role_selection(
     role = role_mask(input_ids.to(positions.device), markers["header"], markers["end"], mode)  # type: ignore[arg-type]
     if prompt_lengths is not None:
         lengths = rearrange(
-            rows_for_batch(prompt_lengths.to(positions.device), positions.shape[0], "prompt lengths"), "b -> b 1"
+            rows_for_batch(
+                prompt_lengths.to(positions.device), positions.shape[0], "prompt lengths", prompt_lengths.shape[0]
+            ),
+            "b -> b 1",
         )
         role = torch.where(positions >= lengths, mode == "assistant", role)
     rest = selection_mask("all", positions, prompt_lengths, min_index, token_mask)
     return rest & rearrange(role, "batch seq -> batch seq 1")
 
 
-def rows_for_batch(tensor: Tensor, batch: int, what: str, repeat: bool = True) -> Tensor:
-    """``tensor`` with one entry per batch row. Inside ``generate`` (``repeat``) a batch may hold each
-    prompt's rows several times in a row (``num_return_sequences``, beams): each row is repeated to
-    match. Anywhere else the rows must match the batch."""
+def rows_for_batch(tensor: Tensor, batch: int, what: str, prompts: int | None = None) -> Tensor:
+    """``tensor`` with one entry per batch row. Inside ``generate`` (``prompts`` given) per-row values
+    are given per prompt, and a batch holds each prompt's rows ``batch // prompts`` times in a row
+    (``num_return_sequences``, beams): each row is repeated to match. Anywhere else the rows must
+    match the batch."""
     rows = tensor.shape[0]
-    if rows == batch:
+    if prompts is None and rows == batch:
         return tensor
-    if repeat and rows > 0 and batch % rows == 0:
-        return tensor.repeat_interleave(batch // rows, dim=0)
-    raise ValueError(
-        f"{what} has {rows} rows but the batch has {batch} rows: give one row per batch row (rows are repeated "
-        "only inside generate, for num_return_sequences or beams)"
+    if prompts is not None and rows == prompts and batch % prompts == 0:
+        return tensor if batch == rows else tensor.repeat_interleave(batch // prompts, dim=0)
+    where = (
+        f"generate was given {prompts} prompts (the batch has {batch} rows): give one row per prompt"
+        if prompts is not None
+        else f"the batch has {batch} rows: give one row per batch row"
     )
+    raise ValueError(f"{what} has {rows} rows but {where}")
 
 
 def row_columns(positions: Int[Tensor, "batch seq"], wanted: list[int]) -> Int[Tensor, "batch k"]:

@@ -34,7 +34,7 @@ def bootstrap_ci(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     nans = int(data.isnan().sum())
     if nans:
-        nan = undefined("the mean and its interval", f"{nans} of the {data.numel()} values are NaN")
+        nan = undefined("the bootstrap mean (and its interval)", f"{nans} of the {data.numel()} values are NaN")
         return nan, nan, nan
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, data.numel(), (resamples, data.numel()), generator=generator)
@@ -111,7 +111,8 @@ def sweep_ab(
         alone = vector.select(layer)
         scores[layer] = ab_scores(model, tokenizer, items, alone, multipliers, chat, batch_size, progress)
         slopes, anti = steerability(scores[layer], multipliers)
-        slope, slope_low, slope_high = _interval(slopes, confidence, seed)
+        # NaN slopes: steerability has already said why they are undefined
+        slope, slope_low, slope_high = (None,) * 3 if slopes.isnan().any() else _interval(slopes, confidence, seed)
         for j, multiplier in enumerate(multipliers):
             mean, low, high = _interval(scores[layer][:, j], confidence, seed)
             rows.append(
@@ -182,7 +183,7 @@ def plot_sweep(sweep: Sweep, path_stem: str | Path, metric: str = "p_matching", 
     if metric not in _LABELS:
         raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(_LABELS)}")
     stem = Path(path_stem)
-    rows = sweep.rows
+    rows = nonempty(sweep.rows, "sweep.rows", "a Sweep that measured something (sweep_ab makes one)")
     layers = sorted({r["layer"] for r in rows})
     multipliers = sorted({r["multiplier"] for r in rows})
     at = {(r["layer"], r["multiplier"]): r for r in rows}

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steerable._runtime.steering import SteeringHandle
 from steerable.compat.steering_vectors.steering_vector import steerable_model
+from steerable.handle import SteeringHandle
 from steerable.model import SteerableModel
 from steerable.vectors import SteeringVector
 

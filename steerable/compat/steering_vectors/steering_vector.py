@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from steerable._runtime.steering import SteeringHandle
 from steerable.compat.steering_vectors.layer_matching import LAYER_TYPE_SITES, ModelLayerConfig, site_for
 from steerable.compat.steering_vectors.steering_operators import PatchDeltaOperator
+from steerable.handle import SteeringHandle
 from steerable.model import SteerableModel
 from steerable.vectors import SteeringVector as NativeSteeringVector
 
