@@ -48,6 +48,8 @@ def direction(positive: Tensor, negative: Tensor, method: str) -> Float[Tensor, 
         unit = unit / unit.norm()
     else:
         raise ValueError(f"unknown method {method!r}: repeng's methods here are 'pca_diff' and 'pca_center'")
+    unit = unit * torch.sign(unit[unit.abs().argmax()])  # scikit-learn's svd_flip: the largest entry positive,
+    # the sign repeng keeps when its rule ties (as many pairs project higher as lower)
     higher = ((positive.double() - negative.double()) @ unit > 0).double().mean()
     lower = ((positive.double() - negative.double()) @ unit < 0).double().mean()
     return (-unit if lower > higher else unit).float()
