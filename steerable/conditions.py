@@ -61,6 +61,20 @@ class Condition(_Composable):
     comparator: Comparator = ">"
     score: Score = "projection"
 
+    @classmethod
+    def from_cast(
+        cls, vector: SteeringVector | Tensor, cast_layer: int, threshold: float, comparator_threshold_is: str = "larger"
+    ) -> Condition:
+        """CAST's condition (``condition_layer_ids=[cast_layer]``, ``condition_comparator_threshold_is``): CAST
+        checks the input of layer L, steerable's layer L - 1; ``"larger"`` fires below the threshold (``"<"``),
+        ``"smaller"`` above it (``">"``). A ``SteeringVector`` keeps steerable's layer numbering."""
+        comparators = {"larger": "<", "smaller": ">"}
+        if comparator_threshold_is not in comparators:
+            raise ValueError(f"CAST's comparator is 'larger' or 'smaller', got {comparator_threshold_is!r}")
+        if cast_layer < 1:
+            raise ValueError(f"CAST layer {cast_layer}: its input is the embeddings, which steerable does not read")
+        return cls(vector, cast_layer - 1, threshold, comparators[comparator_threshold_is])  # type: ignore[arg-type]
+
     def direction(self) -> Float[Tensor, " d_model"]:
         if isinstance(self.vector, SteeringVector):
             if self.layer not in self.vector:
@@ -123,6 +137,13 @@ def validate(expression: Any, num_layers: int | None = None, hidden_size: int | 
             raise TypeError(f"a condition threshold must be a number, got {condition.threshold!r}")
         if not math.isfinite(float(condition.threshold)):
             raise ValueError(f"a condition threshold must be finite, got {condition.threshold}")
+        if condition.comparator in ("larger", "smaller"):  # CAST's condition_comparator_threshold_is
+            ours = "<" if condition.comparator == "larger" else ">"
+            raise ValueError(
+                f"comparator {condition.comparator!r} is CAST's, where it names the threshold: CAST's "
+                f"{condition.comparator!r} fires when the score is {'below' if ours == '<' else 'above'} the "
+                f"threshold, comparator={ours!r} here (Condition.from_cast converts CAST's layer and comparator)"
+            )
         if condition.comparator not in COMPARATORS:
             raise ValueError(f"unknown comparator {condition.comparator!r}: use '>' or '<'")
         if condition.score not in SCORES:

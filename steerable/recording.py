@@ -131,13 +131,24 @@ def record(
 
 def record_activations(
     model: Any,
-    inputs: dict[str, Any],
+    inputs: dict[str, Any] | None = None,
     layers: Iterable[int] | None = None,
     site: str = "block",
     positions: Sequence[int] | None = None,
     to_cpu: bool = False,
+    **foreign: Any,
 ) -> dict[int, Float[Tensor, "batch seq d_model"]]:
     """Run ``model(**inputs)`` under ``torch.inference_mode`` and return ``{layer: activations}``."""
+    from steerable.foreign_spellings import SEED, refuse
+
+    if inputs is None or foreign or isinstance(inputs, str):
+        if isinstance(inputs, str):  # record_activations(model, "decoder_block"): the seed's layer_type
+            foreign = foreign or {"layer_type": inputs}
+        refuse("record_activations", foreign, SEED)
+        raise TypeError(
+            "record_activations(model, inputs, layers=..., site=...) runs the model on inputs; steering-vectors' "
+            "`with record_activations(model, layer_type=...)` is `with model.record(layers=..., site=...)`"
+        )
     with torch.inference_mode(), record(model, layers, site, positions, to_cpu) as recording:
         model(**inputs)
     return dict(recording.items())

@@ -191,7 +191,9 @@ def _check_vector(vector: Any) -> None:
             "this is a steering_vectors.SteeringVector (the seed library's): convert it with "
             "steerable.SteeringVector.from_steering_vectors(vector)"
         )
-    raise TypeError(f"expected a SteeringVector, got {type(vector).__name__}")
+    from steerable.io.other_libraries import foreign_vector_hint
+
+    raise TypeError(f"expected a SteeringVector, got {type(vector).__name__}{foreign_vector_hint(vector)}")
 
 
 def checked_multiplier(multiplier: Any, vector_rows: int | None) -> Multiplier:
@@ -288,10 +290,10 @@ def token_indices_as_positions(
         mask[list(indices)] = True
         return mask, min_token_index
     if isinstance(indices, Tensor):
-        if indices.dtype != torch.bool:
-            if indices.is_floating_point() or not bool(((indices == 0) | (indices == 1)).all()):
+        if indices.dtype != torch.bool:  # 0/1 masks of any dtype (the seed's docs build them with torch.zeros)
+            if not bool(((indices == 0) | (indices == 1)).all()):
                 raise ValueError("a token_indices tensor must be boolean or hold only 0 and 1")
-            indices = indices.bool()
+            indices = indices != 0
         return indices, min_token_index
     raise TypeError(f"token_indices must be a list, a slice or a tensor, got {type(indices).__name__}")
 

@@ -41,7 +41,11 @@ class SteeringVector:
         method: str | None = None,
         description: str | None = None,
         num_layers: int | None = None,
+        **foreign: Any,
     ) -> None:
+        from steerable.foreign_spellings import SEED, refuse
+
+        refuse("SteeringVector", foreign, SEED)
         site = canonical_site(site)
         if not isinstance(layer_activations, Mapping) or len(layer_activations) == 0:
             raise ValueError("a SteeringVector needs at least one layer: pass {layer_index: tensor[d_model]}")
@@ -71,17 +75,18 @@ class SteeringVector:
         shapes = {tuple(v.shape) for v in vectors.values()}
         if len(shapes) != 1:
             raise ValueError(f"all layers must have the same shape, got {sorted(shapes)}")
-        self._vectors = dict(sorted(vectors.items()))
+        if num_layers is not None and (
+            isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1
+        ):
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self._vectors = dict(sorted(_absolute(vectors, num_layers).items()))
         self.site = site
         self.model_type = model_type
         self.model_name = model_name
         self.method = method
         self.description = description
-        if num_layers is not None and (
-            isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1
-        ):
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        self.num_layers = num_layers  # the model's layer count, when known: then -1 and n-1 name one layer
+        # the model's layer count, when known: negative layers are then stored as absolute ones
+        self.num_layers = num_layers
         #: the file this vector was read from (``load``, ``from_gguf``), or None: how a spec names it in a dict
         self.source: str | None = None
 
@@ -155,9 +160,28 @@ class SteeringVector:
         """Like ``Tensor.to``: a copy on another device and/or dtype."""
         return self._with({layer: v.to(*args, **kwargs) for layer, v in self.items()})
 
+    def with_num_layers(self, num_layers: int) -> SteeringVector:
+        """This vector for a model of ``num_layers`` layers: negative layers become absolute (``-1`` is
+        ``num_layers - 1``), so ``select``, arithmetic and ``to_gguf`` see one name per layer."""
+        return SteeringVector(dict(self.items()), **{**self.metadata(), "num_layers": num_layers})
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("apply", "patch_activations"):  # steering-vectors' methods
+            raise AttributeError(
+                f"a steerable SteeringVector has no {name}(model): use `with model.steer(vector, multiplier):` "
+                "on a SteerableModel.wrap(model), or keep the code and import SteeringVector from "
+                "steerable.compat.steering_vectors"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
+        if self.num_layers is not None and other.num_layers is not None and self.num_layers != other.num_layers:
+            raise ValueError(f"cannot combine vectors of models with {self.num_layers} and {other.num_layers} layers")
+        n = self.num_layers if self.num_layers is not None else other.num_layers
+        if n is not None and (self.num_layers is None or other.num_layers is None):  # -1 and n-1 merge
+            return self.with_num_layers(n)._combine(other.with_num_layers(n), sign)
         if other.site != self.site:
             raise ValueError(f"cannot combine vectors at different sites ({self.site!r} and {other.site!r})")
         if other.hidden_size != self.hidden_size:
@@ -264,11 +288,13 @@ class SteeringVector:
         to_gguf(self, path, model_hint)
 
     @classmethod
-    def from_gguf(cls, path: str | Path) -> SteeringVector:
-        """Read a GGUF control vector: ``direction.i`` steers the output of decoder block ``i``."""
+    def from_gguf(cls, path: str | Path, num_layers: int | None = None) -> SteeringVector:
+        """Read a GGUF control vector: ``direction.i`` steers the output of decoder block ``i``. GGUF does
+        not store the model's layer count: give ``num_layers`` for negative selections (``select(range(-5,
+        -18, -1))``, as repeng writes them)."""
         from steerable.io.gguf import from_gguf
 
-        vector = from_gguf(path)
+        vector = from_gguf(path, num_layers)
         vector.source = str(path)
         return vector
 
@@ -361,6 +387,22 @@ class SteeringVector:
             description=metadata.get("description"),
             num_layers=_int_or_none(metadata.get("num_layers"), name),
         )
+
+
+def _absolute(vectors: dict[int, Tensor], num_layers: int | None) -> dict[int, Tensor]:
+    """``vectors`` with negative layers counted from the end of a ``num_layers``-layer model."""
+    if num_layers is None:
+        return vectors
+    out: dict[int, Tensor] = {}
+    for layer, vector in vectors.items():
+        index = layer % num_layers if -num_layers <= layer < 0 else layer
+        if index in out:
+            raise ValueError(
+                f"layers {index - num_layers} and {index} are the same layer of a {num_layers}-layer model: "
+                "give it once"
+            )
+        out[index] = vector
+    return out
 
 
 def _scalar(scale: Any) -> float | Tensor | None:

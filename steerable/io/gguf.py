@@ -31,7 +31,10 @@ def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = N
         raise ValueError("GGUF control vectors hold one vector per layer, not one per batch row")
     negative = [layer for layer in vector.layers if layer < 0]
     if negative:
-        raise ValueError(f"layers {negative} are negative: GGUF needs absolute block indices; convert them first")
+        raise ValueError(
+            f"layers {negative} are negative and the vector does not know its model's layer count: GGUF needs "
+            "absolute block indices; write vector.with_num_layers(model.config.num_hidden_layers).to_gguf(path)"
+        )
     if 0 in vector.layers:
         raise ValueError(
             "layer 0 cannot be written: llama.cpp rejects direction.0 (it has no slot for block 0's output); "
@@ -59,8 +62,9 @@ def to_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = N
     writer.close()
 
 
-def from_gguf(path: str | Path) -> SteeringVector:
-    """Read a GGUF control vector (as written by llama.cpp tools, repeng or :func:`to_gguf`)."""
+def from_gguf(path: str | Path, num_layers: int | None = None) -> SteeringVector:
+    """Read a GGUF control vector (as written by llama.cpp tools, repeng or :func:`to_gguf`); the file does
+    not store the model's layer count: ``num_layers`` gives it (for negative layer selections)."""
     import gguf
 
     path = Path(path)
@@ -106,6 +110,7 @@ def from_gguf(path: str | Path) -> SteeringVector:
         model_name=kept["model_name"],
         method=kept["method"],
         description=kept["description"] if kept["description"] is not None else f"from {path.name}",
+        num_layers=num_layers,
     )
 
 

@@ -50,3 +50,18 @@ def from_repeng(obj: Any) -> SteeringVector:
         model_type=getattr(obj, "model_type", None),
         description="imported from repeng",
     )
+
+
+def foreign_vector_hint(obj: Any) -> str:
+    """What to do with another library's vector passed where a steerable one is expected ('' if none)."""
+    if hasattr(obj, "layer_activations") and hasattr(obj, "layer_type"):
+        return (
+            " (a steering-vectors vector): convert it with steerable.SteeringVector.from_steering_vectors(vector), "
+            "or import SteeringVector from steerable.compat.steering_vectors"
+        )
+    if hasattr(obj, "directions") and hasattr(obj, "model_type"):
+        return (
+            " (a repeng ControlVector): convert it with steerable.SteeringVector.from_repeng(vector), or use "
+            "steerable.compat.repeng"
+        )
+    return ""

@@ -8,14 +8,17 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from steerable.conditions import COMPARATORS, SCORES, Comparator, Condition, Score, condition_scores, met
+from steerable.chat_roles import chat_prompt
+from steerable.conditions import COMPARATORS, SCORES, AnyOf, Comparator, Condition, Score, condition_scores, met
 from steerable.devices import input_device
+from steerable.train import cast_search
 from steerable.train.batching import takes_position_ids, tokenize
 from steerable.vectors import SteeringVector
 
@@ -25,7 +28,7 @@ class ConditionSearch:
     """What ``find_best_condition_point`` found: the condition, and its quality on the training and
     held-out prompts (precision, recall, F1 of "the condition fires" against "the prompt is positive")."""
 
-    condition: Condition
+    condition: Any  # a Condition, or an AnyOf of conditions on several layers (max_layers_to_combine)
     train: dict[str, float]
     held_out: dict[str, float]
     table: list[dict[str, Any]] = field(default_factory=list)  # the best threshold per (layer, comparator)
@@ -104,6 +107,14 @@ def find_best_condition_point(
     seed: int = 0,
     test_positive: Sequence[str] | None = None,
     test_negative: Sequence[str] | None = None,
+    *,
+    layer_range: tuple[int, int] | None = None,
+    cast_layer_range: tuple[int, int] | None = None,
+    threshold_range: tuple[float, float] | None = None,
+    threshold_step: float | None = None,
+    max_layers_to_combine: int = 1,
+    file_path: str | Path | None = None,
+    chat_template: bool = False,
 ) -> ConditionSearch:
     """Grid search over ``layers`` (default: the vector's), comparators and thresholds for the condition
     that best tells ``positive`` prompts (the condition should fire) from ``negative`` ones, by F1 on a
@@ -111,20 +122,39 @@ def find_best_condition_point(
     ``test_positive``/``test_negative`` to search on all of ``positive``/``negative`` and report on those
     instead (e.g. when the condition vector was trained on a split of your own). Prompts are used as
     given (format them with the chat template first if the model will see them so). Warns when a split
-    has no positive or no negative prompt, or the best condition has F1 0 (it tells nothing apart)."""
+    has no positive or no negative prompt, or the best condition has F1 0 (it tells nothing apart).
+
+    CAST's options (see ``steerable.train.cast_search`` for its layer numbering and comparators):
+    ``layer_range`` (steerable numbering) or ``cast_layer_range`` (CAST's: layer L is steerable's L - 1),
+    ``threshold_range`` / ``threshold_step`` (a grid, in place of midpoints), ``max_layers_to_combine``
+    (a condition on several layers, firing when any does: an ``AnyOf``), ``file_path`` (write CAST's
+    analysis JSON there), ``chat_template`` (format each prompt as a user turn, as CAST's ``respond``).
+    CAST searches on all prompts: pass ``held_out=0`` for its split."""
     score, comparators = _score(score), _comparators(comparators)
-    layer_list = list(layers) if layers is not None else vector.layers
+    layer_list = cast_search.search_layers(layers, layer_range, cast_layer_range, vector.layers)
     _check_layers(vector, layer_list)
+    if chat_template:
+        positive, negative = (
+            [chat_prompt(tokenizer, p) for p in positive],
+            [chat_prompt(tokenizer, p) for p in negative],
+        )
     prompts, label_tensor, train, test = _splits(positive, negative, test_positive, test_negative, held_out, seed)
     scores = prompt_scores(model, tokenizer, prompts, vector, layer_list, score)
-    table: list[dict[str, Any]] = []
-    for layer in layer_list:
-        for comparator in comparators:
-            threshold, _, f1 = best_threshold(scores[layer][train], label_tensor[train], [comparator])
-            table.append({"layer": layer, "comparator": comparator, "threshold": threshold, "train_f1": f1})
+    candidates = cast_search.thresholds(threshold_range, threshold_step) or _midpoints
+    table = cast_search.combined_grid(
+        scores, label_tensor, train, layer_list, comparators, candidates, max_layers_to_combine, _f1
+    )
     best = max(table, key=lambda row: row["train_f1"])
-    condition = Condition(vector, int(best["layer"]), float(best["threshold"]), best["comparator"], score)
-    fired = met(scores[condition.layer], condition.threshold, condition.comparator)
+    leaves = [
+        Condition(vector, int(layer), float(best["threshold"]), best["comparator"], score) for layer in best["layers"]
+    ]
+    condition: Any = leaves[0] if len(leaves) == 1 else AnyOf(tuple(leaves))
+    fired = torch.stack([met(scores[leaf.layer], leaf.threshold, leaf.comparator) for leaf in leaves]).any(0)
+    if file_path is not None:
+        cast_search.save_analysis(file_path, best, table, scores, label_tensor)
+    for row in table:  # one layer: the row says "layer", as before
+        if len(row["layers"]) == 1:
+            row["layer"] = row["layers"][0]
     result = ConditionSearch(
         condition,
         classification(fired[train], label_tensor[train]),
@@ -138,6 +168,16 @@ def find_best_condition_point(
             stacklevel=2,
         )
     return result
+
+
+def _midpoints(scores: Tensor) -> list[float]:
+    """Thresholds between neighbouring scores, and just outside them."""
+    values = torch.unique(scores.float())
+    return torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6]).tolist()
+
+
+def _f1(predicted: Tensor, actual: Tensor) -> float:
+    return classification(predicted, actual)["f1"]
 
 
 def _splits(

@@ -23,7 +23,7 @@ from steerable.devices import input_device
 from steerable.train.aggregators import AGGREGATORS, Aggregator
 from steerable.train.batching import pad, pad_token_id, position_ids, takes_position_ids
 from steerable.train.distributed import all_reduce_sum, gather_objects, raise_together, rank_and_world
-from steerable.train.pairs import ContrastivePair, ReadIndex
+from steerable.train.pairs import ContrastivePair, ReadIndex, as_pair
 from steerable.train.read_store import ReadStore
 from steerable.vectors import SteeringVector, model_name_of
 
@@ -45,11 +45,18 @@ def train_steering_vector(
     description: str | None = None,
     move_to_cpu: bool = False,
     offload_dir: str | Path | None = None,
+    normalize: bool = False,
+    **foreign: Any,
 ) -> SteeringVector:
     """Train a steering vector on ``pairs`` at ``layers`` (default: all) of a steerable ``model``.
 
     ``method``: ``"mean"`` (CAA: mean of positive minus negative), ``"pca_diff"``, ``"pca_center"``,
     ``"logistic"`` (see ``steerable.train.aggregators``), or a callable ``(pos [n, d], neg [n, d]) -> [d]``.
+    Scale: ``pca_diff``, ``pca_center`` and ``logistic`` directions are scaled to the mean difference's
+    projection (multiplier 1 moves as far as ``mean`` does); ``normalize=True`` gives unit vectors, as
+    steering-vectors, repeng and CAST return (port their multipliers with it).
+    ``pairs``: ``ContrastivePair``s, ``(positive, negative)`` tuples, or other libraries' samples
+    (steering-vectors' ``SteeringVectorTrainingSample``, repeng's ``DatasetEntry``, CAST's ``ContrastivePair``).
     Results do not depend on ``batch_size`` or the tokenizer's padding side. ``pairs`` may be any
     iterable (a generator over a file, a streaming dataset); it is read in chunks, never materialised.
     ``mean`` keeps O(layers x d) state; the other methods keep each pair's reads at the read positions
@@ -60,6 +67,9 @@ def train_steering_vector(
     import shutil
     import tempfile
 
+    from steerable.foreign_spellings import SEED, refuse
+
+    refuse("train_steering_vector", foreign, SEED)
     aggregate = _aggregator(method)
     streaming = method == "mean"
     scratch = Path(tempfile.mkdtemp(prefix="steerable-reads-", dir=offload_dir)) if offload_dir is not None else None
@@ -67,6 +77,8 @@ def train_steering_vector(
         how = _Reading(layers, read_token_index, batch_size, site, show_progress, streaming, move_to_cpu, scratch)
         resolved, n_pairs, collected = _collect(model, tokenizer, pairs, how)
         vectors = _vectors(resolved, n_pairs, collected, streaming, aggregate, method)
+        if normalize:
+            vectors = {layer: torch.nn.functional.normalize(v, dim=0) for layer, v in vectors.items()}
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -111,11 +123,15 @@ def extract_activations(
     show_progress: bool | None = None,
     move_to_cpu: bool = True,
     offload_dir: str | Path | None = None,
+    **foreign: Any,
 ) -> tuple[dict[int, Float[Tensor, "n_pairs d_model"]], dict[int, Float[Tensor, "n_pairs d_model"]]]:
     """Per-pair activations at the read positions, without aggregating: ``(positive, negative)``, each
     ``{layer: tensor[n_pairs, d_model]}`` (the steering-vectors library's first step). Keeps every
     read (at the read positions only); with ``offload_dir`` the tensors are memory-mapped files there
     (they stay after the call). ``train_steering_vector(method="mean")`` streams instead."""
+    from steerable.foreign_spellings import SEED, refuse
+
+    refuse("extract_activations", foreign, SEED)
     how = _Reading(layers, read_token_index, batch_size, site, show_progress, False, move_to_cpu, offload_dir)
     resolved, _, collected = _collect(model, tokenizer, pairs, how)
     return {layer: collected[layer][0] for layer, _ in resolved}, {layer: collected[layer][1] for layer, _ in resolved}
@@ -422,6 +438,7 @@ def _texts_and_reads(
     texts: list[str] = []
     reads: list[int | slice | str] = []
     for number, pair in zip(numbers, pairs, strict=True):
+        pair = as_pair(pair) or pair  # other libraries' samples (steering-vectors, repeng, CAST) too
         if isinstance(pair, ContrastivePair):
             items = [(pair.positive, pair.read_positive_token_index), (pair.negative, pair.read_negative_token_index)]
         elif isinstance(pair, (tuple, list)) and len(pair) == 2:
