@@ -39,7 +39,7 @@ def register() -> None:
 
 
 def _patch_runner(cls: type) -> None:
-    if "load_model" in cls.__dict__ and not getattr(cls.__dict__["load_model"], "_steerable", False):
+    if "load_model" in cls.__dict__ and not getattr(cls.__dict__["load_model"], "_by_steerable", False):
         original_load = cls.__dict__["load_model"]
 
         @functools.wraps(original_load)
@@ -50,9 +50,11 @@ def _patch_runner(cls: type) -> None:
             install(self)
             return result
 
-        load_model._steerable = True  # type: ignore[attr-defined]
+        load_model._by_steerable = True  # type: ignore[attr-defined]
         cls.load_model = load_model  # type: ignore[attr-defined]
-    if "_prepare_inputs" in cls.__dict__ and not getattr(cls.__dict__["_prepare_inputs"], "_steerable", False):
+    if "_prepare_inputs" in cls.__dict__ and not getattr(
+        cls.__dict__["_prepare_inputs"], "_by_steerable", False
+    ):
         original_prepare = cls.__dict__["_prepare_inputs"]
 
         @functools.wraps(original_prepare)
@@ -63,13 +65,13 @@ def _patch_runner(cls: type) -> None:
                 worker.CONTROLLER.prepare(self, scheduler_output, num_scheduled_tokens)
             return original_prepare(self, scheduler_output, num_scheduled_tokens, *args, **kw)
 
-        _prepare_inputs._steerable = True  # type: ignore[attr-defined]
+        _prepare_inputs._by_steerable = True  # type: ignore[attr-defined]
         cls._prepare_inputs = _prepare_inputs  # type: ignore[attr-defined]
 
 
 def _patch_input_processor(cls: type) -> None:
     original = cls.__dict__["process_inputs"]
-    if getattr(original, "_steerable", False):
+    if getattr(original, "_by_steerable", False):
         return
 
     @functools.wraps(original)
@@ -80,7 +82,7 @@ def _patch_input_processor(cls: type) -> None:
         frontend().admit(request, self.model_config)
         return request
 
-    process_inputs._steerable = True  # type: ignore[attr-defined]
+    process_inputs._by_steerable = True  # type: ignore[attr-defined]
     cls.process_inputs = process_inputs  # type: ignore[attr-defined]
 
 
@@ -91,7 +93,7 @@ def _patch_compile_hash() -> None:
     from vllm.config import VllmConfig
 
     original = VllmConfig.compute_hash
-    if getattr(original, "_steerable", False):
+    if getattr(original, "_by_steerable", False):
         return
     layers_source = (Path(__file__).parent / "worker.py").read_bytes()
     mark = hashlib.sha256(b"steerable-vllm-plugin\n" + layers_source).hexdigest()
@@ -101,5 +103,5 @@ def _patch_compile_hash() -> None:
         base = original(self, *args, **kwargs)
         return hashlib.sha256(f"{base}|{mark}".encode()).hexdigest()[: len(base)]
 
-    compute_hash._steerable = True  # type: ignore[attr-defined]
+    compute_hash._by_steerable = True  # type: ignore[attr-defined]
     VllmConfig.compute_hash = compute_hash  # type: ignore[method-assign]

@@ -145,20 +145,34 @@ def find_best_condition_point(
         scores, label_tensor, train, layer_list, comparators, candidates, max_layers_to_combine, _f1
     )
     best = max(table, key=lambda row: row["train_f1"])
+    if file_path is not None:
+        cast_search.save_analysis(file_path, best, table, scores, label_tensor)
+    return _searched(vector, score, best, table, scores, label_tensor, train, test)
+
+
+def _searched(
+    vector: SteeringVector,
+    score: Score,
+    best: dict[str, Any],
+    table: list[dict[str, Any]],
+    scores: dict[int, Tensor],
+    labels: Tensor,
+    train: Tensor,
+    test: Tensor,
+) -> ConditionSearch:
+    """The search's result: the best condition (an ``AnyOf`` over several layers) and its quality."""
     leaves = [
         Condition(vector, int(layer), float(best["threshold"]), best["comparator"], score) for layer in best["layers"]
     ]
     condition: Any = leaves[0] if len(leaves) == 1 else AnyOf(tuple(leaves))
     fired = torch.stack([met(scores[leaf.layer], leaf.threshold, leaf.comparator) for leaf in leaves]).any(0)
-    if file_path is not None:
-        cast_search.save_analysis(file_path, best, table, scores, label_tensor)
     for row in table:  # one layer: the row says "layer", as before
         if len(row["layers"]) == 1:
             row["layer"] = row["layers"][0]
     result = ConditionSearch(
         condition,
-        classification(fired[train], label_tensor[train]),
-        classification(fired[test], label_tensor[test]) if len(test) else {},
+        classification(fired[train], labels[train]),
+        classification(fired[test], labels[test]) if len(test) else {},
         table,
     )
     if result.train["f1"] == 0.0:
