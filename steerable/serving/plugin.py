@@ -52,9 +52,7 @@ def _patch_runner(cls: type) -> None:
 
         load_model._by_steerable = True  # type: ignore[attr-defined]
         cls.load_model = load_model  # type: ignore[attr-defined]
-    if "_prepare_inputs" in cls.__dict__ and not getattr(
-        cls.__dict__["_prepare_inputs"], "_by_steerable", False
-    ):
+    if "_prepare_inputs" in cls.__dict__ and not getattr(cls.__dict__["_prepare_inputs"], "_by_steerable", False):
         original_prepare = cls.__dict__["_prepare_inputs"]
 
         @functools.wraps(original_prepare)
