@@ -63,7 +63,7 @@ def test_a_spec_is_frozen_and_replace_validates_again() -> None:
         ({"multiplier": torch.tensor([1.0, float("nan")])}, ValueError, "multiplier has non-finite values"),
         ({"operator": "nope"}, ValueError, "unknown operator 'nope'"),
         ({"positions": "middle"}, ValueError, "unknown positions 'middle'"),
-        ({"positions": "assistant"}, ValueError, r"give tokenizer=\.\.\."),
+        ({"positions": "assistant"}, ValueError, r"pass tokenizer=\.\.\."),
         ({"min_token_index": -1}, ValueError, "min_token_index must be an int >= 0"),
         ({"rows": [1, 0]}, ValueError, "rows must be a non-empty 1-D boolean mask"),
         ({"condition": 3}, TypeError, "conditions combine with conditions"),

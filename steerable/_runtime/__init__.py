@@ -68,15 +68,16 @@ def install(model: Any, steering: Steering) -> Installation:
 
 
 def uninstall(model: Any, installation: Installation) -> None:
-    state = model.__dict__.get("_steerable")
-    if state is None:  # unwrapped: everything is gone already
+    # the installation's own state: after a PEFT model's merge_and_unload it lives on the base model
+    state: ModelState = installation.owner
+    if state.unwrapped:  # everything is gone already
         installation.active = False
         return
     _install.uninstall(state, installation)
 
 
 def update(model: Any, installation: Installation, old: Steering, new: Steering) -> None:
-    _install.update(_state(model), installation, old, new)
+    _install.update(installation.owner, installation, old, new)
 
 
 def is_installed(installation: Installation) -> bool:

@@ -26,7 +26,7 @@ def install(state: ModelState, spec: Steering) -> Installation:
     # tensors would break every later forward that records gradients.
     with torch.inference_mode(False):
         plan = make_plan(state, spec)
-        inst = Installation(rows=plan.rows)
+        inst = Installation(rows=plan.rows, owner=state)
         with state.lock:
             state.installed.append(inst)
             try:

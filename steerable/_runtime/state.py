@@ -39,6 +39,7 @@ class Installation:
     selection: SelectionSlot | None = None
     rows: int | None = None
     active: bool = True
+    owner: Any = None  # the ModelState it is installed in (it moves with a PEFT model's base on unload)
 
 
 @dataclass(eq=False)
