@@ -6,6 +6,7 @@ import json
 import warnings
 
 import pytest
+from ab_cases import ITEMS, items
 
 from steerable import SteerableModel, train_steering_vector
 from steerable.research.ab import (
@@ -21,16 +22,6 @@ from steerable.research.ab import (
 from steerable.research.diagnostics import diagnose
 from steerable.research.evaluation import load_ab_dataset
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
-
-
-def items(n: int, matching: str | None = None, start: int = 0) -> list[ABItem]:
-    """A/B items over made-up words; the matching letter is ``matching``, or alternates."""
-    out = []
-    for k in range(start, start + n):
-        letter = matching or ("A" if k % 2 == 0 else "B")
-        question = f"w{3 + k % 40} w{10 + (k * 7) % 50} w{20 + (k * 3) % 60}\n(A) w{30 + k % 45}\n(B) w{40 + k % 35}"
-        out.append(ABItem(question, letter, "B" if letter == "A" else "A"))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,25 +75,6 @@ def test_a_planted_letter_is_caught_and_balancing_removes_it(setup) -> None:
             # the vector's component along the letter direction shrinks at least tenfold
             assert abs(after.letter_cosine) * after.norm < 0.1 * abs(before.letter_cosine) * before.norm
     assert bad.letters == {"A": 8, "B": 8} and bad.n_pairs == 32  # held-out items in both orders
-
-
-ITEMS = [
-    {
-        "question": "w5 w6 w7 ( A ) w8 ( B ) w9",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-    {
-        "question": "w10 w11 ( A ) w12 ( B ) w13 w14",
-        "answer_matching_behavior": "(B)",
-        "answer_not_matching_behavior": "(A)",
-    },
-    {
-        "question": "w20 ( A ) w21 w22 ( B ) w23",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-]
 
 
 def test_malformed_items_are_named(tmp_path) -> None:

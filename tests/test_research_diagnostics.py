@@ -6,25 +6,15 @@ import json
 
 import pytest
 import torch
+from ab_cases import items
 
 from steerable import SteerableModel, SteeringVector, train_steering_vector
 from steerable.research.ab import (
-    ABItem,
     LetterImbalanceWarning,
     ab_pairs,
 )
 from steerable.research.diagnostics import auc, cosine_matrix, diagnose, project, separation_report
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
-
-
-def items(n: int, matching: str | None = None, start: int = 0) -> list[ABItem]:
-    """A/B items over made-up words; the matching letter is ``matching``, or alternates."""
-    out = []
-    for k in range(start, start + n):
-        letter = matching or ("A" if k % 2 == 0 else "B")
-        question = f"w{3 + k % 40} w{10 + (k * 7) % 50} w{20 + (k * 3) % 60}\n(A) w{30 + k % 45}\n(B) w{40 + k % 35}"
-        out.append(ABItem(question, letter, "B" if letter == "A" else "A"))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ab_cases import ITEMS
 
 from steerable import SteerableModel, SteeringVector
 from steerable.research.evaluation import (
@@ -23,25 +24,6 @@ from steerable.research.evaluation import (
 )
 from steerable.research.sweep import plot_behaviour_vs_fluency, summarize_generations
 from steerable.testing.tiny_models import tiny_model, tiny_tokenizer
-
-ITEMS = [
-    {
-        "question": "w5 w6 w7 ( A ) w8 ( B ) w9",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-    {
-        "question": "w10 w11 ( A ) w12 ( B ) w13 w14",
-        "answer_matching_behavior": "(B)",
-        "answer_not_matching_behavior": "(A)",
-    },
-    {
-        "question": "w20 ( A ) w21 w22 ( B ) w23",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-]
-
 
 MULTIPLIERS = [-2.0, 0.0, 2.0]
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ab_cases import ITEMS
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
@@ -100,25 +101,6 @@ def test_tradeoff_plot_keeps_signs_and_intervals(tmp_path, figures) -> None:
     assert all(t.get_position() != t.xy for t in ax.texts)  # labels sit beside their markers
     assert ax.get_title() == "sentiment" and ax.get_ylabel().startswith("mean VADER")
     assert any(isinstance(c, ErrorbarContainer) and c.has_yerr for c in ax.containers)
-
-
-ITEMS = [
-    {
-        "question": "w5 w6 w7 ( A ) w8 ( B ) w9",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-    {
-        "question": "w10 w11 ( A ) w12 ( B ) w13 w14",
-        "answer_matching_behavior": "(B)",
-        "answer_not_matching_behavior": "(A)",
-    },
-    {
-        "question": "w20 ( A ) w21 w22 ( B ) w23",
-        "answer_matching_behavior": "(A)",
-        "answer_not_matching_behavior": "(B)",
-    },
-]
 
 
 @pytest.fixture
