@@ -436,7 +436,8 @@ def test_generate_builds_the_steering_spec_the_library_would(tiny_dir, tmp_path,
     printed = capsys.readouterr().out
     model = SteerableModel.from_pretrained(str(tiny_dir)).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_dir))
-    ids = tokenizer(["w5 w6 w7"], return_tensors="pt")
+    encoded = tokenizer(["w5 w6 w7"], return_tensors="pt")
+    ids = {k: encoded[k] for k in ("input_ids", "attention_mask")}  # transformers 4 adds token_type_ids
     spec = Steering(vector, [3.0], operator="ablate_then_add", positions="generated", min_token_index=4)
     with torch.inference_mode(), model.steer(spec):
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
