@@ -220,17 +220,6 @@ def met_signed(scores: Float[Tensor, " batch"], threshold: Float[Tensor, ""], si
     return (scores.double() - threshold.double()) * sign > 0
 
 
-def evaluate(expression: Expression, gates: dict[int, Tensor], ids: dict[int, int]) -> Bool[Tensor, " batch"]:
-    """The expression's value per row, from each leaf's gate (``ids``: id(leaf) -> gate index)."""
-    if isinstance(expression, Condition):
-        return gates[ids[id(expression)]]
-    values = [evaluate(part, gates, ids) for part in expression.parts]
-    out = values[0]
-    for value in values[1:]:
-        out = out & value if isinstance(expression, AllOf) else out | value
-    return out
-
-
 _MOVED_TO_SEARCH = ("find_best_condition_point", "ConditionSearch", "best_threshold", "prompt_scores", "classification")
 
 

@@ -60,7 +60,7 @@ def _occupy(state: ModelState, spec: Steering, plan: Plan, inst: Installation) -
         pool = state.pool(index, spec.vector.site)
         signature = (plan.operator, selection, kind, tuple((k, tuple(t.shape), t.dtype) for k, t in cast.items()))
         slot = pool.occupy(module, signature, cast, operator=plan.operator, selection=selection, kind=kind)
-        inst.ops.append((module, slot, live))
+        inst.ops.append((module, pool, slot, live))
 
 
 def _occupy_probes(state: ModelState, condition: conditions.Expression, inst: Installation) -> conditional.Tree:
@@ -84,8 +84,8 @@ def uninstall(state: ModelState, inst: Installation) -> None:
         inst.active = False
         state.installed = [i for i in state.installed if i is not inst]
         state.publish()  # forwards from now on run without it; those running keep their active set
-        for module, slot, _ in reversed(inst.ops):
-            state.pool_of_slot(module, slot).vacate(module, slot)
+        for module, pool, slot, _ in reversed(inst.ops):
+            pool.vacate(module, slot)
         if inst.selection is not None:
             state.selections.vacate(state.stack, inst.selection)
         for module, probe in reversed(inst.probes):
@@ -104,7 +104,7 @@ def update(state: ModelState, inst: Installation, old: Steering, new: Steering) 
     with torch.inference_mode(False):
         plan = make_plan(state, new)
         pending: list[tuple[int, dict[str, Tensor], tuple[Tensor, Tensor] | None]] = []
-        for number, ((module, slot, live), (index, (tensors, new_live))) in enumerate(
+        for number, ((module, _, slot, live), (index, (tensors, new_live))) in enumerate(
             zip(inst.ops, plan.layers.items(), strict=True)
         ):
             if (live is None) != (new_live is None):
@@ -120,9 +120,9 @@ def update(state: ModelState, inst: Installation, old: Steering, new: Steering) 
             pending.append((number, cast, new_live))
     with state.lock:
         for number, cast, new_live in pending:
-            module, slot, _ = inst.ops[number]
+            module, pool, slot, _ = inst.ops[number]
             fill(module, slot, cast)  # new tensors: a forward in flight keeps the old ones
-            inst.ops[number] = (module, slot, new_live)
+            inst.ops[number] = (module, pool, slot, new_live)
         state.publish()
 
 

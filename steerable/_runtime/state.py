@@ -34,7 +34,7 @@ from steerable.architectures import ArchitectureSpec, canonical_site, get_submod
 class Installation:
     """One installed steering: the slots it occupies. ``rows``: the rows of a per-row steering, or None."""
 
-    ops: list[tuple[SteerableLayer, Slot, tuple[Tensor, Tensor] | None]] = field(default_factory=list)
+    ops: list[tuple[SteerableLayer, Pool[Slot], Slot, tuple[Tensor, Tensor] | None]] = field(default_factory=list)
     probes: list[tuple[SteerableLayer, Probe]] = field(default_factory=list)
     selection: SelectionSlot | None = None
     rows: int | None = None
@@ -90,7 +90,7 @@ class ModelState:
         probes: dict[int, list[ProbeOp]] = {}
         selections: list[SelectionOp] = []
         for inst in self.installed:
-            for module, slot, live in inst.ops:
+            for module, _, slot, live in inst.ops:
                 assert slot.operator is not None
                 tensors = tensors_of(module, slot)
                 op = Op(slot.operator, slot.selection, slot.kind, tensors, live, inst.rows)
@@ -239,9 +239,6 @@ class ModelState:
 
     def pool(self, layer_index: int, site: str) -> Pool[Slot]:
         return self.pools.setdefault((layer_index, site), Pool(Slot, "steering"))
-
-    def pool_of_slot(self, module: nn.Module, slot: Slot) -> Pool[Slot]:
-        return next(pool for pool in self.pools.values() if any(s is slot for s in pool.slots))
 
     def refresh(self) -> None:
         """After a change: tell each decoder layer whether a sub-module of it steers or records (then it

@@ -60,10 +60,6 @@ class StepContext:
     batched: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)  # selection -> each layer's masked add
     _weights: dict[int, Tensor] = field(default_factory=dict)
 
-    @property
-    def generating(self) -> bool:
-        return self.prompts is not None
-
     def mask(self, index: int, device: torch.device) -> Bool[Tensor, "batch seq 1"]:
         if index in self.conditional:
             self._gate(index)
