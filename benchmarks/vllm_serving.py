@@ -3,7 +3,7 @@
 that engine's processes), trials interleaved in one run; and the same requests through
 SteerableModel.generate (one batched generate, a steering per row).
 
-    python -m benchmarks.vllm_serving [--trials 3] [--new-tokens 32] [--eager] [--out benchmarks/results]
+    python -m benchmarks.vllm_serving [--trials 3] [--new-tokens 32] [--eager] [--hf-trials 3] [--out DIR]
 
 Writes vllm_serving.json and vllm_serving.md. Targets on the 2-core CPU: idle >= 0.99x and 16 distinct
 >= 0.95x the plugin-free throughput.
@@ -147,16 +147,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         texts = prompts(batch)
         vllm_trial(plain, texts, [None] * batch, 4)  # warm-up
         vllm_trial(steered, texts, [None] * batch, 4)
-        for _ in range(args.trials):  # interleaved: every condition in every round
-            results.setdefault(f"b{batch}/plugin-free", []).append(
-                vllm_trial(plain, texts, [None] * batch, args.new_tokens)
-            )
-            for count in STEERINGS:
-                specs = [
-                    [{"vector": str(paths[i % count]), "multiplier": 4.0}] if count else None for i in range(batch)
-                ]
-                key = f"b{batch}/steerings={count}"
-                results.setdefault(key, []).append(vllm_trial(steered, texts, specs, args.new_tokens))
+        runs: list[tuple[str, Any, list[Any]]] = [(f"b{batch}/plugin-free", plain, [None] * batch)]
+        for count in STEERINGS:
+            specs = [[{"vector": str(paths[i % count]), "multiplier": 4.0}] if count else None for i in range(batch)]
+            runs.append((f"b{batch}/steerings={count}", steered, specs))
+        for round_ in range(args.trials):  # interleaved, each round in a rotated order: no condition always first
+            turn = round_ % len(runs)
+            for key, llm, specs in runs[turn:] + runs[:turn]:
+                results.setdefault(key, []).append(vllm_trial(llm, texts, specs, args.new_tokens))
     del plain, steered
     partial(args, kind, results)  # the vLLM numbers are kept even if the HF part does not finish
     tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
@@ -166,20 +164,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         texts = prompts(batch)
         for count in (0, 16):
             key = f"b{batch}/hf steerings={count}"
-            results[key] = [hf_trial(hf, tokenizer, texts, vectors, count, args.new_tokens) for _ in range(args.trials)]
+            trials = range(args.hf_trials)
+            results[key] = [hf_trial(hf, tokenizer, texts, vectors, count, args.new_tokens) for _ in trials]
     summary = {key: statistics.median(values) for key, values in results.items()}
-    ratios = {}
-    for batch in BATCHES:
-        free = summary[f"b{batch}/plugin-free"]
-        for count in STEERINGS:
-            ratios[f"b{batch}/steerings={count}"] = summary[f"b{batch}/steerings={count}"] / free
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "device": kind},
         "settings": vars(args),
         "tokens_per_s": summary,
         "trials": results,
-        "vs_plugin_free": ratios,
+        "vs_plugin_free": paired_ratios(results),
     }
+
+
+def paired_ratios(results: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each round's steered throughput over the same round's plugin-free throughput: the machine's drift
+    between rounds cancels. The median over rounds, with the lower and upper quartiles."""
+    ratios = {}
+    for batch in BATCHES:
+        free = results[f"b{batch}/plugin-free"]
+        for count in STEERINGS:
+            key = f"b{batch}/steerings={count}"
+            paired = sorted(s / f for s, f in zip(results[key], free, strict=True))
+            quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+            ratios[key] = {"median": statistics.median(paired), "q1": quartiles[0], "q3": quartiles[2]}
+    return ratios
 
 
 def partial(args: argparse.Namespace, kind: str, results: dict[str, list[float]]) -> None:
@@ -195,7 +203,8 @@ def write(report: dict[str, Any], out: Path) -> None:
     lines = [
         "# vLLM serving with steerable (SmolLM2-135M-Instruct, fp32)",
         "",
-        f"{report['settings']['trials']} interleaved trials, median output tokens/s, "
+        f"{report['settings']['trials']} interleaved rounds, median output tokens/s; in brackets the median "
+        "of each round's ratio to that round's plugin-free run, with its quartiles. "
         f"{report['settings']['new_tokens']} new tokens per request, eager={report['settings']['eager']}, "
         f"device {report['machine']['device']}, {report['machine']['cpus']} CPUs.",
         "",
@@ -203,11 +212,15 @@ def write(report: dict[str, Any], out: Path) -> None:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     s, r = report["tokens_per_s"], report["vs_plugin_free"]
+
+    def cell(key: str) -> str:
+        q = r[key]
+        return f"{s[key]:.0f} ({q['median']:.3f}x, {q['q1']:.2f}-{q['q3']:.2f})"
+
     for b in BATCHES:
         lines.append(
-            f"| {b} | {s[f'b{b}/plugin-free']:.0f} | {s[f'b{b}/steerings=0']:.0f} ({r[f'b{b}/steerings=0']:.3f}x) | "
-            f"{s[f'b{b}/steerings=1']:.0f} ({r[f'b{b}/steerings=1']:.3f}x) | "
-            f"{s[f'b{b}/steerings=16']:.0f} ({r[f'b{b}/steerings=16']:.3f}x) | "
+            f"| {b} | {s[f'b{b}/plugin-free']:.0f} | {cell(f'b{b}/steerings=0')} | {cell(f'b{b}/steerings=1')} | "
+            f"{cell(f'b{b}/steerings=16')} | "
             f"{s.get(f'b{b}/hf steerings=0', float('nan')):.0f} | {s.get(f'b{b}/hf steerings=16', float('nan')):.0f} |"
         )
     lines += ["", "Targets: plugin idle >= 0.99x, 16 distinct >= 0.95x plugin-free."]
@@ -221,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager", action="store_true", help="enforce_eager (default: vLLM's compiled mode)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="vllm_serving", help="result file stem (.json and .md)")
+    parser.add_argument("--hf-trials", type=int, default=3, help="trials of each HF generate")
     parser.add_argument("--hf-batches", type=int, nargs="*", default=list(BATCHES), help="batches run through HF")
     args = parser.parse_args(argv)
     report = run(args)

@@ -6,12 +6,17 @@ coefficient ``a`` and a clamp target ``c``, so that each built-in operator is on
 c=0, d=m v; clamp: a=1, c=m, d=0), which is exactly the operator's own arithmetic in steerable.operators.
 Slot 0 is all zeros: unsteered. Each token has up to ``MAX_STEERINGS`` slot indices (a request's
 steerings, applied in order), written in place before each step, and condition gates read from a
-per-request gate buffer that the condition's layer fills during the request's prefill. No shape and no
-Python branch depends on which requests are steered when ``branchless`` (CUDA graphs); on CPU, a step
-with no steering at all skips the arithmetic.
+per-request gate buffer that the condition's layer fills during the request's prefill.
+
+When ``branchless`` (CUDA graphs replay what was captured), every layer runs the whole arithmetic for
+every lane: no shape and no Python branch depends on which requests are steered. Otherwise each step's
+:class:`StepPlan` says what that step needs, so a layer no steering of the step covers does nothing, and a
+step whose steerings are all plain ungated adds does one gathered add per lane, as a hook would.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -20,6 +25,27 @@ from torch import Tensor
 from steerable.serving.request_spec import MAX_CONDITIONS, MAX_STEERINGS
 
 TRUE_GATE, FALSE_GATE = 0, 1  # the two constant gates; probe rows start after them
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What the steerings of one step need, read by every layer of that step (never when branchless)."""
+
+    lanes: int = 0  # steering lanes any token of the step uses
+    probe_lanes: int = 0  # condition lanes any prompt token of the step feeds
+    steer_layers: frozenset[int] = frozenset()  # layers a slot used by the step has a vector at
+    probe_layers: frozenset[int] = frozenset()  # condition layers the step sums or decides at
+    ablates: bool = False  # some slot of the step projects (ablate, ablate_then_add, clamp)
+    norm_preserving: bool = False
+    gated: bool = False  # some steered token of the step waits on a condition
+
+    @property
+    def additive(self) -> bool:
+        return not (self.ablates or self.norm_preserving or self.gated)
+
+
+IDLE = StepPlan()
+FULL = StepPlan(MAX_STEERINGS, MAX_CONDITIONS, ablates=True, norm_preserving=True, gated=True)
 
 
 class SteeringTables:
@@ -46,6 +72,7 @@ class SteeringTables:
 
         self.unit, self.delta = zeros(num_layers, n, d), zeros(num_layers, n, d)
         self.ablate, self.target = zeros(num_layers, n, 1), zeros(num_layers, n, 1)
+        self.present = zeros(num_layers, n, 1, kind=torch.bool)  # the slot's vector has this layer
         self.norm_preserving = zeros(n, 1, kind=torch.bool)
         self.slot_of_token = zeros(lanes, max_tokens, kind=torch.long)
         self.gate_of_token = zeros(lanes, conditions, max_tokens, kind=torch.long)
@@ -61,43 +88,56 @@ class SteeringTables:
         self.probe_finish = zeros(p, kind=torch.bool)
         self.gate = zeros(p, kind=torch.float32)
         self.gate[TRUE_GATE] = 1.0
-        # what this step needs (the CPU fast path; ignored when branchless)
-        self.lanes = 0  # steering lanes any token of this step uses
-        self.probe_lanes = 0  # condition lanes any token of this step feeds
+        self.plan = IDLE  # this step's needs, set before each step (the CPU fast path)
 
     # -- the forward side --------------------------------------------------------------------------------
     def apply(self, hidden: Float[Tensor, "tokens d"], residual: Float[Tensor, "tokens d"] | None, layer: int) -> None:
         """Steer one decoder layer's output in place. Its block output is ``hidden + residual`` (vLLM's fused
         form), and only ``hidden`` is rewritten, only at steered tokens (others keep their exact bits)."""
-        lanes = MAX_STEERINGS if self.branchless else self.lanes
-        probe_lanes = MAX_CONDITIONS if self.branchless else self.probe_lanes
-        if lanes == 0 and probe_lanes == 0:
-            return
         tokens = hidden.shape[0]
-        block = hidden if residual is None else hidden + residual
-        if probe_lanes:
-            self._decide(block, layer, tokens, probe_lanes)
-        steered = torch.zeros((tokens, 1), dtype=torch.bool, device=hidden.device)
-        h = block
-        for lane in range(lanes):
-            h, taken = self._lane(h, layer, lane, tokens)
-            steered = steered | taken
-        if lanes:
-            out = h if residual is None else h - residual
-            hidden.copy_(torch.where(steered, out, hidden))
+        if self.branchless:
+            self._decide(hidden if residual is None else hidden + residual, layer, tokens, MAX_CONDITIONS)
+            self._steer(hidden, residual, layer, FULL)
+            return
+        plan = self.plan
+        if layer in plan.probe_layers:
+            self._decide(hidden if residual is None else hidden + residual, layer, tokens, plan.probe_lanes)
+        if layer not in plan.steer_layers:
+            return
+        if plan.additive:  # (h + r) + d is h + (r + d) to rounding, and unsteered tokens add slot 0's zeros
+            for lane in range(plan.lanes):
+                hidden.add_(self.delta[layer].index_select(0, self.slot_of_token[lane, :tokens]))
+            return
+        self._steer(hidden, residual, layer, plan)
 
-    def _lane(self, h: Tensor, layer: int, lane: int, tokens: int) -> tuple[Tensor, Tensor]:
+    def _steer(self, hidden: Tensor, residual: Tensor | None, layer: int, plan: StepPlan) -> None:
+        tokens = hidden.shape[0]
+        h = hidden if residual is None else hidden + residual
+        steered = torch.zeros((tokens, 1), dtype=torch.bool, device=hidden.device)
+        for lane in range(plan.lanes):
+            h, taken = self._lane(h, layer, lane, tokens, plan)
+            steered = steered | taken
+        out = h if residual is None else h - residual
+        hidden.copy_(torch.where(steered, out, hidden))
+
+    def _lane(self, h: Tensor, layer: int, lane: int, tokens: int, plan: StepPlan) -> tuple[Tensor, Tensor]:
         slot = self.slot_of_token[lane, :tokens]
-        unit, delta = self.unit[layer][slot], self.delta[layer][slot]
-        ablate, target = self.ablate[layer][slot], self.target[layer][slot]
-        projection = (h * unit).sum(-1, keepdim=True)
-        steered = h + (target - ablate * projection) * unit + delta
-        before, after = h.norm(dim=-1, keepdim=True), steered.norm(dim=-1, keepdim=True)
-        rescaled = steered * (before / after.clamp_min(torch.finfo(after.dtype).tiny))
-        steered = torch.where(self.norm_preserving[slot], rescaled, steered)
-        gates = self.gate[self.gate_of_token[lane, :, :tokens]]  # [conditions, tokens]
-        gate = torch.where(self.gate_all[lane, :tokens], gates.amin(0), gates.amax(0))
-        taken = ((gate > 0.5) & (slot > 0)).unsqueeze(-1)
+        steered = h
+        if plan.ablates:
+            unit = self.unit[layer].index_select(0, slot)
+            ablate, target = self.ablate[layer].index_select(0, slot), self.target[layer].index_select(0, slot)
+            projection = (h * unit).sum(-1, keepdim=True)
+            steered = h + (target - ablate * projection) * unit
+        steered = steered + self.delta[layer].index_select(0, slot)
+        if plan.norm_preserving:
+            before, after = h.norm(dim=-1, keepdim=True), steered.norm(dim=-1, keepdim=True)
+            rescaled = steered * (before / after.clamp_min(torch.finfo(after.dtype).tiny))
+            steered = torch.where(self.norm_preserving.index_select(0, slot), rescaled, steered)
+        taken = self.present[layer].index_select(0, slot)  # [tokens, 1]; slot 0 is never present
+        if plan.gated:
+            gates = self.gate[self.gate_of_token[lane, :, :tokens]]  # [conditions, tokens]
+            gate = torch.where(self.gate_all[lane, :tokens], gates.amin(0), gates.amax(0))
+            taken = taken & (gate > 0.5).unsqueeze(-1)
         return torch.where(taken, steered, h), taken
 
     def _decide(self, block: Tensor, layer: int, tokens: int, probe_lanes: int) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from steerable.serving import tables as tables_module
 from steerable.serving.catalog import Catalog, VectorRef
 from steerable.serving.request_spec import MAX_CONDITIONS, MAX_STEERINGS, ResolvedSteering
-from steerable.serving.tables import FALSE_GATE, TRUE_GATE, SteeringTables
+from steerable.serving.tables import FALSE_GATE, IDLE, TRUE_GATE, SteeringTables, StepPlan
 
 SlotKey = tuple[VectorRef, float, str, bool]
 
@@ -37,6 +37,7 @@ class RequestSteering:
     summed: int = 0  # prompt tokens already added to the condition sums (never counted twice)
     decided: bool = False
     all_probes: list[int] = field(default_factory=list)
+    probe_layers: frozenset[int] = frozenset()  # the layers its conditions are decided at
 
 
 class StepArrays:
@@ -49,6 +50,9 @@ class StepArrays:
         self.probes = np.zeros((MAX_CONDITIONS, total), dtype=np.int64)
         self.finish: list[int] = []
         self.lanes = self.probe_lanes = 0
+        self.used: set[int] = set()  # slots some token of the step is steered with
+        self.gated = False
+        self.probe_layers: set[int] = set()
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -87,6 +91,7 @@ class Controller:
         self.slot_refs: dict[SlotKey, tuple[int, int]] = {}  # key -> (slot, requests using it)
         self.free_slots = list(range(tables.num_slots - 1, 0, -1))
         self.free_probes = list(range(tables.num_probes - 1, FALSE_GATE, -1))
+        self.slot_needs: dict[int, tuple[frozenset[int], bool, bool]] = {}  # slot -> (layers, ablates, norm)
         self.written = 0  # tokens written by the last step (to clear)
 
     # -- slots ------------------------------------------------------------------------------------------
@@ -103,12 +108,15 @@ class Controller:
 
     def _write_slot(self, slot: int, steering: ResolvedSteering) -> None:
         t, vector = self.tables, self.catalog.load(steering.vector)
-        for table in (t.unit, t.delta, t.ablate, t.target):
+        for table in (t.unit, t.delta, t.ablate, t.target, t.present):
             table[:, slot].zero_()
         m, op = steering.multiplier, steering.operator
+        layers = frozenset(key % t.num_layers for key in vector.layers)
+        self.slot_needs[slot] = (layers, op != "add", steering.norm_preserving)
         for key in vector.layers:
             layer = key % t.num_layers
             v = vector[key].float()
+            t.present[layer, slot] = True
             if op != "add":
                 t.unit[layer, slot] = (v / v.norm()).to(self.dtype)
                 t.ablate[layer, slot] = 1.0
@@ -143,7 +151,9 @@ class Controller:
         prompt_len = int(state.num_prompt_tokens)
         slots = [self._take_slot(s) for s in steerings]
         probes = [[self._take_probe(c, prompt_len) for c in s.conditions] for s in steerings]
-        return RequestSteering(steerings, slots, probes, prompt_len, all_probes=[p for ps in probes for p in ps])
+        layers = frozenset(c.layer for s in steerings for c in s.conditions)
+        every = [p for ps in probes for p in ps]
+        return RequestSteering(steerings, slots, probes, prompt_len, all_probes=every, probe_layers=layers)
 
     def release(self, req_id: str) -> None:
         entry = self.requests.pop(req_id, None)
@@ -176,7 +186,7 @@ class Controller:
         if not entries:
             if self.written:
                 self._clear(self.written)
-            t.lanes = t.probe_lanes = 0
+            t.plan = IDLE
             return
         starts = np.concatenate([[0], np.cumsum(num_scheduled)])
         step = StepArrays(total)
@@ -186,7 +196,19 @@ class Controller:
             first = int(batch.num_computed_tokens_cpu[i])
             self._fill(step, entry, np.arange(first, first + hi - lo), lo, hi)
         self._write(total, step.slots, step.gates, step.gate_all, step.probes, step.finish)
-        t.lanes, t.probe_lanes = step.lanes, step.probe_lanes
+        t.plan = self._plan(step)
+
+    def _plan(self, step: StepArrays) -> StepPlan:
+        needs = [self.slot_needs[slot] for slot in step.used]
+        return StepPlan(
+            lanes=step.lanes,
+            probe_lanes=step.probe_lanes,
+            steer_layers=frozenset().union(*(layers for layers, _, _ in needs)),
+            probe_layers=frozenset(step.probe_layers),
+            ablates=any(ablates for _, ablates, _ in needs),
+            norm_preserving=any(norm for _, _, norm in needs),
+            gated=step.gated,
+        )
 
     @staticmethod
     def _fill(step: StepArrays, entry: RequestSteering, position: np.ndarray, lo: int, hi: int) -> None:
@@ -200,6 +222,9 @@ class Controller:
                 chosen &= position >= entry.prompt_len
             step.slots[lane, lo:hi] = np.where(chosen, slot, 0)
             leaves = entry.probes[lane]
+            if chosen.any():
+                step.used.add(slot)
+                step.gated |= bool(leaves)
             if leaves:
                 step.gate_all[lane, lo:hi] = steering.condition_mode == "all"
                 pad = TRUE_GATE if steering.condition_mode == "all" else FALSE_GATE
@@ -211,6 +236,7 @@ class Controller:
             for k, probe in enumerate(entry.all_probes):
                 step.probes[k, lo:hi] = np.where(counted, probe, 0)
             step.probe_lanes = max(step.probe_lanes, len(entry.all_probes))
+            step.probe_layers |= entry.probe_layers
             end = int(position[-1]) + 1
             entry.summed = max(entry.summed, min(end, entry.prompt_len))
             if end >= entry.prompt_len:
