@@ -176,6 +176,54 @@ def test_conditional_generated_positions_are_exact_across_chunked_prefill(setup:
         assert list(out.outputs[0].token_ids) == reference_tokens(setup["hf"], prompt, spec, setup["vectors"])
 
 
+def test_a_conditional_prompt_steering_gets_its_whole_prompt_in_one_step(setup: dict[str, Any]) -> None:
+    """No step holds two of these prompts, and long unsteered prompts are chunked around them: each conditional
+    request is held back until a step has room for its whole prompt, so its decision covers every prompt
+    token, as in SteerableModel.generate."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    texts = prompts(4, 40, 60, seed=13)
+    scores = [_score(setup, p, 1) for p in texts]
+    threshold = sorted(scores)[2] - 1e-6  # two of the four meet it
+    # steered from the condition's layer on, before the last: the prompt's steered KV shapes every reply
+    spec = [{"vector": "a", "multiplier": 4.0, "condition": {"vector": "c", "layer": 1, "threshold": threshold}}]
+    others = prompts(3, 70, 100, seed=14)
+    held: list[str] = []
+    original = Scheduler._handle_blocked_waiting_request
+
+    def recording(self: Any, request: Any) -> bool:
+        ready = original(self, request)
+        if not ready and request.sampling_params.extra_args and request.num_computed_tokens == 0:
+            held.append(request.request_id)
+        return ready
+
+    Scheduler._handle_blocked_waiting_request = recording  # type: ignore[method-assign]
+    try:
+        requests = [(p, with_paths(spec, setup["files"])) for p in texts] + [(p, None) for p in others]
+        outs = generate(setup["llm"], requests)
+    finally:
+        Scheduler._handle_blocked_waiting_request = original  # type: ignore[method-assign]
+    assert held, "the batch was meant to offer a conditional prompt less room than it needs"
+    for prompt, out in zip(texts, outs, strict=False):
+        assert list(out.outputs[0].token_ids) == reference_tokens(setup["hf"], prompt, spec, setup["vectors"])
+    plain = generate(setup["llm"], [(p, None) for p in others])
+    for out, alone in zip(outs[len(texts) :], plain, strict=True):
+        assert out.outputs[0].token_ids == alone.outputs[0].token_ids
+
+
+def test_a_conditional_prompt_steering_longer_than_a_step_is_refused(setup: dict[str, Any]) -> None:
+    from vllm import SamplingParams
+
+    spec = [{"vector": "b", "multiplier": 6.0, "condition": {"vector": "c", "layer": 1, "threshold": 0.0}}]
+    params = SamplingParams(max_tokens=4, extra_args={"steering": with_paths(spec, setup["files"])})
+    long_prompt = prompts(1, 80, 81, seed=15)[0]
+    with pytest.raises(ValueError, match="the prompt has 81 tokens and a step takes at most 64"):
+        setup["llm"].generate([{"prompt_token_ids": long_prompt}], params, use_tqdm=False)
+    generated = [dict(spec[0], positions="generated")]  # decided before any generated token: allowed
+    out = generate(setup["llm"], [(long_prompt, with_paths(generated, setup["files"]))])[0]
+    assert list(out.outputs[0].token_ids) == reference_tokens(setup["hf"], long_prompt, generated, setup["vectors"])
+
+
 def test_steering_to_request_is_the_request_contract(setup: dict[str, Any]) -> None:
     from steerable import Steering
     from steerable.conditions import Condition

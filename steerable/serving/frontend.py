@@ -21,6 +21,7 @@ from vllm.exceptions import VLLMValidationError
 
 from steerable.serving.catalog import Catalog, SteeringSpecError
 from steerable.serving.request_spec import resolve
+from steerable.serving.whole_prompts import check_prompt_fits
 
 
 class SteeringRequestError(VLLMValidationError, ValueError):
@@ -31,20 +32,22 @@ class Frontend:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def admit(self, request: Any, model_config: Any) -> None:
+    def admit(self, request: Any, vllm_config: Any) -> None:
         """Resolve the steering of an EngineCoreRequest in place, or raise SteeringRequestError."""
         params = request.sampling_params
         extra = getattr(params, "extra_args", None) if params is not None else None
         if not extra or "steering" not in extra:
             return
-        text = model_config.hf_text_config
+        text = vllm_config.model_config.hf_text_config
         try:
             resolved = resolve(extra["steering"], self.catalog, int(text.num_hidden_layers), int(text.hidden_size))
+            as_json = [s.to_json() for s in resolved]
+            check_prompt_fits(as_json, len(request.prompt_token_ids or ()), vllm_config.scheduler_config)
         except SteeringSpecError as error:
             raise SteeringRequestError(f"steering refused: {error}") from None
         extra = {k: v for k, v in extra.items() if k != "steering"}
         if resolved:
-            extra["steering_resolved"] = [s.to_json() for s in resolved]
+            extra["steering_resolved"] = as_json
             request.cache_salt = self.salt(request.cache_salt, extra["steering_resolved"])
         params.extra_args = extra
 

@@ -2,8 +2,10 @@
 (the one that takes requests, the engine core, each worker), so it only patches classes, idempotently.
 
 Nothing is forked and no vLLM file is edited: the model runners' ``load_model`` makes the loaded model's
-decoder layers steerable, ``_prepare_inputs`` writes each step's token slots first, and the input
-processor checks and resolves each request's steering. A request without steering changes nothing.
+decoder layers steerable, ``_prepare_inputs`` writes each step's token slots first, the input
+processor checks and resolves each request's steering, and the scheduler gives a conditional prompt
+steering its whole prompt in one step (steerable.serving.whole_prompts). A request without steering
+changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def register() -> None:
         _patch_runner(CPUModelRunner)
     _patch_input_processor(InputProcessor)
     _patch_compile_hash()
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from steerable.serving.whole_prompts import patch_scheduler
+
+    patch_scheduler(Scheduler, KVCacheManager)
     _PATCHED = True
 
 
@@ -77,7 +85,7 @@ def _patch_input_processor(cls: type) -> None:
         from steerable.serving.frontend import frontend
 
         request = original(self, *args, **kwargs)
-        frontend().admit(request, self.model_config)
+        frontend().admit(request, self.vllm_config)
         return request
 
     process_inputs._by_steerable = True  # type: ignore[attr-defined]
