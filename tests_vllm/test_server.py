@@ -21,6 +21,7 @@ import pytest
 from steerable import SteerableModel
 from tests_vllm.helpers import HIDDEN, NEW_TOKENS, random_vector, reference_tokens, save_tiny_llama, tiny_llama
 
+STEP_TOKENS = 64
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}A :{% endif %}"
 
 
@@ -60,6 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     command += [str(model_dir), "--vectors", str(vectors_dir), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--dtype", "float32", "--max-model-len", "128", "--block-size", "32", "--enforce-eager"]
     command += ["--gpu-memory-utilization", "0.3", "--kv-cache-memory-bytes", str(64 << 20), "--max-num-seqs", "8"]
+    command += ["--max-num-batched-tokens", str(STEP_TOKENS)]  # longer prompts are prefilled in chunks
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed at teardown)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     base = f"http://127.0.0.1:{port}"
@@ -143,6 +145,28 @@ def test_chat_completions_steer(server: dict[str, Any]) -> None:
     assert status == 200, out
     assert list(out["prompt_token_ids"]) == prompt
     assert list(out["choices"][0]["token_ids"]) == reference_tokens(server["hf"], prompt, spec, server["vectors"])
+
+
+def test_concurrent_conditional_prompt_steerings_each_equal_generate(server: dict[str, Any]) -> None:
+    """Sent at once, these prompts do not fit one step together, and long unsteered prompts are chunked
+    around them; each conditional request still gets its whole prompt in one step (the engine-core process
+    runs the plugin's scheduling rule), so each equals SteerableModel.generate."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(7)
+    texts = [[1] + [rng.randrange(3, 90) for _ in range(rng.randrange(40, 60))] for _ in range(4)]
+    texts += [[1] + [rng.randrange(3, 90) for _ in range(rng.randrange(70, 100))] for _ in range(2)]
+    condition = {"vector": "calm", "layer": 1, "threshold": -1.0}  # a cosine above -1: met
+    specs = [[{"vector": "calm", "multiplier": 4.0, "condition": dict(condition, score="cosine")}]] * 4 + [None] * 2
+    with ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(lambda job: complete(server, *job), zip(texts, specs, strict=True)))
+    for prompt, spec, (status, body) in zip(texts, specs, answers, strict=True):
+        assert status == 200, body
+        assert tokens_of(body) == reference_tokens(server["hf"], prompt, spec or [], server["vectors"])
+    long_prompt = [1] + [5] * 80
+    status, body = complete(server, long_prompt, specs[0])
+    assert status == 400 and "the prompt has 81 tokens and a step takes at most 64" in json.dumps(body)
 
 
 @pytest.mark.parametrize(
