@@ -308,7 +308,8 @@ def test_plugin_installed_in_compiled_mode(setup: dict[str, Any]) -> None:
         ([{"vector": "OUT_OF_RANGE"}], "layer 7, out of range"),
         ([{"vector": "a", "multiplier": float("nan")}], "finite"),
         ([{"vector": "a", "multiplier": float("inf")}], "finite"),
-        ([{"vector": "a", "positions": "assistant"}], "unknown positions 'assistant'"),
+        ([{"vector": "a", "positions": "sometimes"}], "unknown positions 'sometimes'"),
+        ([{"vector": "a", "positions": "assistant"}], "positions 'assistant': role positions"),  # no template
         ([{"vector": "a", "operator": "rotate"}], "unknown operator 'rotate'"),
         ([{"vector": "a"}] * 5, "at most 4"),
         ([{"vector": "a", "colour": 1}], "unknown keys ['colour']"),

@@ -55,8 +55,10 @@ def _hf(setup: dict[str, Any], prompt: list[int], spec: dict[str, Any] | None) -
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
     ids = torch.tensor([prompt])
     model = setup["hf"]
+    positions = spec.get("positions", "all") if spec else "all"
+    tokenizer = setup["tokenizer"] if positions in ("assistant", "last_user_turn") else None
     handle = (
-        model.steer(setup["vectors"][spec["vector"]], spec["multiplier"], positions=spec.get("positions", "all"))
+        model.steer(setup["vectors"][spec["vector"]], spec["multiplier"], positions=positions, tokenizer=tokenizer)
         if spec
         else None
     )
@@ -114,3 +116,42 @@ def test_mixed_batch_matches_hf_per_request(setup: dict[str, Any]) -> None:
         assert max(abs(a - b) for a, b in zip(got, expected_logprobs, strict=False)) < 2e-2
         changed += tokens != list(base.outputs[0].token_ids)
     assert changed >= 3, "the steering should change what most steered requests say"
+
+
+def test_role_positions_are_found_in_each_prompt_from_the_chat_template(setup: dict[str, Any]) -> None:
+    """positions="assistant" steers the assistant's earlier turns in the prompt and every generated token;
+    "last_user_turn" only the request being answered: each equals SteerableModel.generate with the tokenizer."""
+    from vllm import SamplingParams
+
+    tokenizer = setup["tokenizer"]
+    conversations = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": "Gladly."}, {"role": "user", "content": q}]
+        for p, q in zip(PROMPTS[:3], PROMPTS[3:], strict=True)
+    ]
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    specs = [
+        {"vector": "v0", "multiplier": 6.0, "positions": "assistant"},
+        {"vector": "v1", "multiplier": 8.0, "positions": "last_user_turn"},
+        {"vector": "v2", "multiplier": -6.0, "positions": "assistant"},
+    ]
+    params = [
+        SamplingParams(
+            max_tokens=NEW_TOKENS,
+            temperature=0.0,
+            ignore_eos=True,
+            extra_args={"steering": [dict(spec, vector=str(setup["files"][spec["vector"]]))]},
+        )
+        for spec in specs
+    ]
+    outs = setup["llm"].generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    plain = setup["llm"].generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True),
+        use_tqdm=False,
+    )
+    changed = 0
+    for prompt, spec, out, base in zip(prompts, specs, outs, plain, strict=True):
+        assert list(out.outputs[0].token_ids) == _hf(setup, prompt, spec)[0], spec
+        changed += out.outputs[0].token_ids != base.outputs[0].token_ids
+    assert changed >= 2, "the role steerings should change what most requests say"

@@ -21,6 +21,7 @@ from vllm.exceptions import VLLMValidationError
 
 from steerable.serving.catalog import Catalog, SteeringSpecError
 from steerable.serving.request_spec import resolve
+from steerable.serving.roles import RoleFinder
 from steerable.serving.whole_prompts import check_prompt_fits
 
 
@@ -30,9 +31,9 @@ class SteeringRequestError(VLLMValidationError, ValueError):
 
 class Frontend:
     def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
+        self.catalog, self.roles = catalog, RoleFinder()
 
-    def admit(self, request: Any, vllm_config: Any) -> None:
+    def admit(self, request: Any, vllm_config: Any, tokenizer: Any = None) -> None:
         """Resolve the steering of an EngineCoreRequest in place, or raise SteeringRequestError."""
         params = request.sampling_params
         extra = getattr(params, "extra_args", None) if params is not None else None
@@ -41,6 +42,7 @@ class Frontend:
         text = vllm_config.model_config.hf_text_config
         try:
             resolved = resolve(extra["steering"], self.catalog, int(text.num_hidden_layers), int(text.hidden_size))
+            resolved = self.roles.resolve(resolved, list(request.prompt_token_ids or ()), tokenizer)
             as_json = [s.to_json() for s in resolved]
             check_prompt_fits(as_json, len(request.prompt_token_ids or ()), vllm_config.scheduler_config)
         except SteeringSpecError as error:

@@ -85,7 +85,7 @@ def _patch_input_processor(cls: type) -> None:
         from steerable.serving.frontend import frontend
 
         request = original(self, *args, **kwargs)
-        frontend().admit(request, self.vllm_config)
+        frontend().admit(request, self.vllm_config, self.tokenizer)
         return request
 
     process_inputs._by_steerable = True  # type: ignore[attr-defined]

@@ -2,9 +2,10 @@
 
 A SPEC is a list of steerings (or that list as a JSON string), each a dict with the keys of
 ``Steering.to_dict``: ``vector`` (a vector file path, or a name the server knows), ``multiplier``,
-``positions`` ("all" | "prompt" | "generated"), ``min_token_index``, ``operator`` ("add" | "ablate" |
-"ablate_then_add" | "clamp"), ``norm_preserving`` and ``condition`` (a condition dict, or one level of
-``{"all_of": [...]}`` / ``{"any_of": [...]}``). Unset keys take the library's defaults. The resolved form
+``positions`` ("all" | "prompt" | "generated" | "assistant" | "last_user_turn"), ``min_token_index``,
+``operator`` ("add" | "ablate" | "ablate_then_add" | "clamp"), ``norm_preserving`` and ``condition`` (a
+condition dict, or one level of ``{"all_of": [...]}`` / ``{"any_of": [...]}``). Unset keys take the library's
+defaults. Role positions are found in each prompt from the server's chat template (serving.roles). The resolved form
 (:func:`resolve`) names each vector by its absolute path and file version, so every engine process loads
 the same file and a replaced file is a different vector.
 """
@@ -21,7 +22,8 @@ from steerable.serving.catalog import Catalog, SteeringSpecError, VectorRef
 
 MAX_STEERINGS = 4  # steerings per request (the slot lanes applied to every token)
 MAX_CONDITIONS = 4  # condition leaves per request
-POSITIONS = ("all", "prompt", "generated")
+ROLE_POSITIONS = ("assistant", "last_user_turn")  # found in each prompt from the server's chat template
+POSITIONS = ("all", "prompt", "generated", *ROLE_POSITIONS)
 OPERATORS = ("add", "ablate", "ablate_then_add", "clamp")
 KEYS = {"vector", "multiplier", "positions", "min_token_index", "operator", "norm_preserving", "condition"}
 CONDITION_KEYS = {"vector", "layer", "threshold", "comparator", "score"}
@@ -46,6 +48,7 @@ class ResolvedSteering:
     norm_preserving: bool = False
     condition_mode: str = "all"  # how the leaves combine: "all" (and) or "any" (or)
     conditions: tuple[ResolvedCondition, ...] = field(default_factory=tuple)
+    prompt_runs: tuple[tuple[int, int], ...] = ()  # a role's [start, end) prompt positions (the frontend's)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +58,9 @@ class ResolvedSteering:
         conditions = tuple(
             ResolvedCondition(**{**c, "vector": VectorRef(**c["vector"])}) for c in data.get("conditions", ())
         )
-        return ResolvedSteering(**{**data, "vector": VectorRef(**data["vector"]), "conditions": conditions})
+        runs = tuple((int(a), int(b)) for a, b in data.get("prompt_runs", ()))
+        vector = VectorRef(**data["vector"])
+        return ResolvedSteering(**{**data, "vector": vector, "conditions": conditions, "prompt_runs": runs})
 
 
 def parse_spec(value: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from steerable.serving import tables as tables_module
 from steerable.serving.catalog import Catalog, VectorRef
-from steerable.serving.request_spec import MAX_CONDITIONS, MAX_STEERINGS, ResolvedSteering
+from steerable.serving.request_spec import MAX_CONDITIONS, MAX_STEERINGS, ROLE_POSITIONS, ResolvedSteering
 from steerable.serving.tables import FALSE_GATE, IDLE, TRUE_GATE, SteeringTables, StepPlan
 
 SlotKey = tuple[VectorRef, float, str, bool]
@@ -220,6 +220,11 @@ class Controller:
                 chosen &= position < entry.prompt_len
             elif steering.positions == "generated":
                 chosen &= position >= entry.prompt_len
+            elif steering.positions in ROLE_POSITIONS:  # the role's prompt tokens; generated ones are the assistant's
+                in_role = np.zeros(position.shape, dtype=bool)
+                for start, end in steering.prompt_runs:
+                    in_role |= (position >= start) & (position < end)
+                chosen &= np.where(position < entry.prompt_len, in_role, steering.positions == "assistant")
             step.slots[lane, lo:hi] = np.where(chosen, slot, 0)
             leaves = entry.probes[lane]
             if chosen.any():
