@@ -215,16 +215,7 @@ class Controller:
         """One request's tokens ``lo:hi`` (absolute positions ``position``): their slots, gates and probes."""
         step.lanes = max(step.lanes, len(entry.steerings))
         for lane, (steering, slot) in enumerate(zip(entry.steerings, entry.slots, strict=True)):
-            chosen = position >= steering.min_token_index
-            if steering.positions == "prompt":
-                chosen &= position < entry.prompt_len
-            elif steering.positions == "generated":
-                chosen &= position >= entry.prompt_len
-            elif steering.positions in ROLE_POSITIONS:  # the role's prompt tokens; generated ones are the assistant's
-                in_role = np.zeros(position.shape, dtype=bool)
-                for start, end in steering.prompt_runs:
-                    in_role |= (position >= start) & (position < end)
-                chosen &= np.where(position < entry.prompt_len, in_role, steering.positions == "assistant")
+            chosen = _chosen(steering, position, entry.prompt_len)
             step.slots[lane, lo:hi] = np.where(chosen, slot, 0)
             leaves = entry.probes[lane]
             if chosen.any():
@@ -269,6 +260,21 @@ class Controller:
         t.probe_of_token[:, :upto].zero_()
         t.probe_finish.zero_()
         self.written = 0
+
+
+def _chosen(steering: ResolvedSteering, position: np.ndarray, prompt_len: int) -> np.ndarray:
+    """Which of these absolute positions the steering selects."""
+    chosen = position >= steering.min_token_index
+    if steering.positions == "prompt":
+        chosen &= position < prompt_len
+    elif steering.positions == "generated":
+        chosen &= position >= prompt_len
+    elif steering.positions in ROLE_POSITIONS:  # the role's prompt tokens; generated ones are the assistant's
+        in_role = np.zeros(position.shape, dtype=bool)
+        for start, end in steering.prompt_runs:
+            in_role |= (position >= start) & (position < end)
+        chosen &= np.where(position < prompt_len, in_role, steering.positions == "assistant")
+    return chosen
 
 
 CONTROLLER: Controller | None = None
