@@ -96,23 +96,25 @@ class SteeringTables:
         form), and only ``hidden`` is rewritten, only at steered tokens (others keep their exact bits)."""
         tokens = hidden.shape[0]
         if self.branchless:
-            self._decide(hidden if residual is None else hidden + residual, layer, tokens, MAX_CONDITIONS)
-            self._steer(hidden, residual, layer, FULL)
+            block = hidden if residual is None else hidden + residual
+            self._decide(block, layer, tokens, MAX_CONDITIONS)
+            self._steer(hidden, residual, block, layer, FULL)
             return
         plan = self.plan
-        if layer in plan.probe_layers:
-            self._decide(hidden if residual is None else hidden + residual, layer, tokens, plan.probe_lanes)
-        if layer not in plan.steer_layers:
-            return
-        if plan.additive:  # (h + r) + d is h + (r + d) to rounding, and unsteered tokens add slot 0's zeros
-            for lane in range(plan.lanes):
+        steers, decides = layer in plan.steer_layers, layer in plan.probe_layers
+        general = steers and not plan.additive
+        block = hidden if residual is None or not (decides or general) else hidden + residual  # once per layer
+        if decides:
+            self._decide(block, layer, tokens, plan.probe_lanes)
+        if general:
+            self._steer(hidden, residual, block, layer, plan)
+        elif steers:  # the next layer adds r: (h + d) + r is the block output plus d, to rounding
+            for lane in range(plan.lanes):  # unsteered tokens add slot 0's zeros
                 hidden.add_(self.delta[layer].index_select(0, self.slot_of_token[lane, :tokens]))
-            return
-        self._steer(hidden, residual, layer, plan)
 
-    def _steer(self, hidden: Tensor, residual: Tensor | None, layer: int, plan: StepPlan) -> None:
+    def _steer(self, hidden: Tensor, residual: Tensor | None, block: Tensor, layer: int, plan: StepPlan) -> None:
         tokens = hidden.shape[0]
-        h = hidden if residual is None else hidden + residual
+        h = block
         steered = torch.zeros((tokens, 1), dtype=torch.bool, device=hidden.device)
         for lane in range(plan.lanes):
             h, taken = self._lane(h, layer, lane, tokens, plan)
